@@ -1,0 +1,36 @@
+# Harness-wide defaults. Plugins, protocol presets and dataset presets layer over this file;
+# `--cfg-options key=value` overrides any key (unknown keys are an error).
+
+seed = 0
+device = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+
+run = dict(
+    root="runs",  # run directories go under this folder
+)
+
+# The classifier stage shared by every method that needs a trained classifier.
+classifier = dict(
+    backbone="resnet18",  # any timm model that supports features_only
+    pretrained=None,  # None: random init; True: timm pretrained tag (weights cached); or a checkpoint path
+    feature_index=2,  # timm feature stage whose map gives the CAM (2 = stride 8 on ResNets)
+    epochs=6,
+    batch_size=32,
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=1e-4,
+    lr_decay_epochs=4,  # multiply the lr by lr_decay every this many epochs
+    lr_decay=0.1,
+    augment=dict(hflip=True),
+)
+
+loader = dict(
+    num_workers=0,  # DataLoader workers; 0 keeps everything in the main process
+    eval_batch_size=64,
+)
+
+eval = dict(
+    threshold_step=0.001,  # CAM thresholds np.arange(0, 1, step): 1000 as in Choe et al.
+    iou_threshold=0.5,  # CorLoc / box accuracy IoU level (>=, as the reference code)
+    multi_contour=False,  # False: box of the largest contour; True: a box per contour
+    interpolation="bilinear",  # map upsampling to frame size: "bilinear" or "bicubic"
+)

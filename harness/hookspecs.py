@@ -1,0 +1,47 @@
+"""Hook specifications: the whole contract between the harness and its plugins.
+
+A plugin is a module (or object) named in the ``wsol_harness`` entry-point group of its
+distribution. It implements any of the hooks below, each returning a list of
+:class:`harness.registry.Entry`; first-party plugins use exactly the same mechanism.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "wsol_harness"
+ENTRY_POINT_GROUP = "wsol_harness"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def harness_register_methods():
+    """Method plugins: ``Entry(name, factory, description, config=path)``.
+
+    ``factory(cfg, num_classes)`` returns a :class:`harness.method.Method`; ``config`` is the
+    plugin's default mmengine config file.
+    """
+
+
+@hookspec
+def harness_register_cam_sources():
+    """CAM sources: ``Entry(name, factory, description)``; ``factory()`` returns a callable
+    ``source(model, images, classes) -> maps (B, h, w)``."""
+
+
+@hookspec
+def harness_register_protocols():
+    """Protocol presets: ``Entry(name, None, description, config=path)``; the config file
+    holds one ``protocol = dict(...)`` (see :class:`harness.protocol.Protocol`)."""
+
+
+@hookspec
+def harness_register_datasets():
+    """Datasets: ``Entry(name, factory, description, config=path)``; ``factory(data_cfg)``
+    returns a :class:`harness.data.base.WsolDataset`; ``config`` sets the ``data`` section."""
+
+
+@hookspec
+def harness_register_annotators():
+    """Pseudo-box annotators: ``Entry(name, factory, description)``."""

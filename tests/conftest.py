@@ -1,0 +1,36 @@
+"""Shared fixtures: generated data goes to a per-session HARNESS_HOME, never the user cache."""
+from __future__ import annotations
+
+import pytest
+
+# A synth-yto small enough for end-to-end runs in seconds on 2 CPU cores.
+TINY_YTO = {
+    "data.image_size": 32,
+    "data.train_videos_per_class": 2,
+    "data.val_videos_per_class": 1,
+    "data.test_videos_per_class": 1,
+    "data.shots_per_video": 2,
+    "data.frames_per_shot": 4,
+    "classifier.epochs": 2,
+    "classifier.batch_size": 16,
+    "classifier.feature_index": 1,
+    "eval.threshold_step": 0.01,
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _harness_home(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HARNESS_HOME", str(tmp_path_factory.mktemp("harness-home")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def fresh_registry():
+    """Drop the process-wide registry so a test sees the plugins installed for it."""
+    from harness.registry import registry
+
+    registry.cache_clear()
+    yield
+    registry.cache_clear()
