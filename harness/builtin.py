@@ -1,0 +1,53 @@
+"""First-party datasets and protocol presets, registered through the same entry point
+group (``wsol_harness``) a third-party plugin uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.hookspecs import hookimpl
+from harness.registry import Entry
+
+
+@hookimpl
+def harness_register_datasets():
+    from harness.data.synth import SYNTH_CUB_DEFAULTS, SYNTH_YTO_DEFAULTS
+
+    return [
+        Entry(
+            "synth-yto",
+            _synth("yto"),
+            "Synthetic YouTube-Objects: 10 classes, videos of shots, sparse GT boxes on val/test",
+            config={"data": {"name": "synth-yto", **SYNTH_YTO_DEFAULTS}},
+        ),
+        Entry(
+            "synth-cub",
+            _synth("cub"),
+            "Synthetic CUB-style images: one object each, a small fully-annotated val split",
+            config={"data": {"name": "synth-cub", **SYNTH_CUB_DEFAULTS}},
+        ),
+    ]
+
+
+def _synth(kind: str):
+    def build(data_cfg: dict, progress: bool = True):
+        from harness.data.synth import load_synth
+
+        params = {k: v for k, v in dict(data_cfg).items() if k != "name"}
+        return load_synth(kind, params, progress=progress)
+
+    return build
+
+
+@hookimpl
+def harness_register_protocols():
+    from harness.protocol import Protocol
+    from harness.config import read_file
+    import harness.protocols as presets
+
+    entries = []
+    for path in sorted(Path(presets.__file__).parent.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        proto = Protocol.from_config(read_file(path)["protocol"])
+        entries.append(Entry(proto.name, None, f"{proto.description} [{proto.axes}]", config=path, aliases=proto.aliases))
+    return entries

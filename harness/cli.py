@@ -1,0 +1,158 @@
+"""The ``harness`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+from tabulate import tabulate
+
+from harness.errors import HarnessError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = getattr(args, "_run_dir", None)
+        hint = f"; continue with: harness run --resume {where}" if where else ""
+        print(f"harness: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Weakly-supervised object localization benchmarks")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate a method under a protocol")
+    run.add_argument("--plugin", help="method plugin (see `harness list`)")
+    run.add_argument("--protocol", default="gt-val", help="protocol preset name or a protocol config file")
+    run.add_argument("--dataset", default="synth-yto", help="dataset (default: synth-yto)")
+    run.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                     help="override config keys, e.g. classifier.epochs=3 eval.multi_contour=True")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    run.add_argument("--run-root", help="folder for run directories (default: config run.root = runs)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list registered methods, CAM sources, protocols, datasets")
+    lst.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="datasets: generate the synthetic ones, draw samples")
+    dsub = data.add_subparsers(metavar="ACTION")
+    synth = dsub.add_parser("synth", help="generate (or verify the cache of) a synthetic dataset")
+    synth.add_argument("--name", default="synth-yto", choices=["synth-yto", "synth-cub"])
+    synth.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                       help="generator parameters, e.g. data.seed=1 data.image_size=96")
+    synth.set_defaults(func=cmd_data_synth)
+    show = dsub.add_parser("show", help="write a PNG grid of frames with their GT boxes")
+    show.add_argument("--name", default="synth-yto", help="dataset")
+    show.add_argument("--split", default="val")
+    show.add_argument("-n", type=int, default=16, help="number of frames")
+    show.add_argument("--out", help="PNG path (default: <name>-<split>.png)")
+    show.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE")
+    show.set_defaults(func=cmd_data_show)
+
+    lb = sub.add_parser("leaderboard", help="regenerate the leaderboard of the runs under a run root")
+    lb.add_argument("--run-root", default="runs")
+    lb.set_defaults(func=cmd_leaderboard)
+    return p
+
+
+def cmd_run(args) -> int:
+    from harness import results, runner
+
+    if args.resume:
+        if args.plugin:
+            raise HarnessError("--resume continues a run with its saved config; drop --plugin")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.py").is_file():
+            raise HarnessError(f"--resume {run_dir}: not a run directory (no config.py)")
+    else:
+        if not args.plugin:
+            raise HarnessError("--plugin is required (see `harness list` for the methods)")
+        run_dir = runner.prepare(args.plugin, args.protocol, args.dataset, args.cfg_options, args.run_root, args.device)
+    args._run_dir = run_dir
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    record = runner.execute(run_dir, progress=not args.no_progress)
+    print(results.class_table(record))
+    sel = record["selection"]
+    print(f"\nselected {sel['stage']} epoch {sel['epoch']} ({sel['epoch_chosen_by']}), "
+          f"tau {_taus(sel['tau'])} ({sel['tau_scope']}, {sel['tau_chosen_by']})")
+    print(f"result: {run_dir / results.RESULT_FILE}")
+    return 0
+
+
+def _taus(taus: list[float]) -> str:
+    return f"{taus[0]:.3f}" if len(set(taus)) == 1 else ", ".join(f"{t:.3f}" for t in taus)
+
+
+def cmd_list(args) -> int:
+    from harness.registry import registry
+
+    reg = registry()
+    rows = [[e.kind, e.name + (f" ({', '.join(e.aliases)})" if e.aliases else ""), e.description,
+             f"{e.distribution} [{e.plugin}]"] for e in reg.all_entries()]
+    print(tabulate(rows, headers=["kind", "name", "description", "from"], tablefmt="simple"))
+    if reg.failures:
+        print("\nplugins that failed to load (skipped):")
+        for f in reg.failures:
+            print(f"  {f.plugin} ({f.distribution}): {f.error}")
+    return 0
+
+
+def _dataset_config(name: str, overrides: dict) -> tuple[object, Config]:
+    from harness import config as config_mod
+    from harness.registry import registry
+
+    entry = registry().get("dataset", name)
+    cfg = Config(dict(entry.config))
+    config_mod.apply_overrides(cfg, overrides)
+    return entry, cfg
+
+
+def cmd_data_synth(args) -> int:
+    from harness.data.synth import summary
+
+    entry, cfg = _dataset_config(args.name, args.cfg_options)
+    ds = entry.factory(cfg.data)
+    print(summary(ds))
+    print(f"\nidentity {ds.identity}; cached in {ds.info.get('root', '?')}")
+    return 0
+
+
+def cmd_data_show(args) -> int:
+    from harness.data.show import save_grid
+
+    entry, cfg = _dataset_config(args.name, args.cfg_options)
+    ds = entry.factory(cfg.data)
+    out = Path(args.out or f"{args.name}-{args.split}.png")
+    ds.split(args.split)  # a clear error for an unknown split before drawing
+    save_grid(ds, args.split, out, n=args.n)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from harness import results
+
+    root = Path(args.run_root)
+    if not root.is_dir():
+        raise HarnessError(f"run root {root} does not exist; pass --run-root DIR")
+    path = results.write_leaderboard(root)
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

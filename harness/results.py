@@ -1,0 +1,112 @@
+"""Result records (one ``result.json`` per run, full provenance) and the run-root leaderboard."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness import io
+
+RESULT_FILE = "result.json"
+LEADERBOARD_FILE = "leaderboard.md"
+_PACKAGES = ("wsol-harness", "torch", "torchvision", "timm", "numpy", "opencv-python-headless", "mmengine", "pluggy")
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> str | None:
+    """Revision of the harness source tree (``+dirty`` with local changes), if it is a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=10)
+        return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    return {
+        "packages": package_versions(),
+        "git_revision": git_revision(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_result(run_dir: Path, record: dict) -> Path:
+    path = Path(run_dir) / RESULT_FILE
+    io.write_json(path, record)
+    return path
+
+
+def load_results(root: Path) -> list[dict]:
+    """Every readable ``result.json`` one level under ``root``, oldest first."""
+    records = []
+    for path in sorted(Path(root).glob(f"*/{RESULT_FILE}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # a foreign or damaged file must not hide the other runs
+    return records
+
+
+def class_table(record: dict) -> str:
+    """Per-class CorLoc of each evaluated split, classes as columns (CoLo-CAM Table 1 layout)."""
+    classes = record["dataset"]["classes"]
+    rows = []
+    for split, metrics in record["metrics"].items():
+        per_class = metrics["corloc_per_class"]
+        rows.append([split] + [_fmt(v) for v in per_class] + [_fmt(metrics["corloc"])])
+    return tabulate(rows, headers=["CorLoc"] + classes + ["Avg"], tablefmt="github")
+
+
+def leaderboard_rows(records: list[dict]) -> list[list]:
+    rows = []
+    for r in records:
+        test = r["metrics"].get("test", {})
+        rows.append([
+            r["run_id"],
+            r["plugin"],
+            r["protocol"]["name"],
+            r["dataset"]["name"],
+            r["config"]["classifier"]["backbone"],
+            r["selection"]["epoch"],
+            _fmt_taus(r["selection"]["tau"]),
+            _fmt(test.get("corloc")),
+            _fmt(test.get("cls_accuracy")),
+        ])
+    return rows
+
+
+def write_leaderboard(root: Path) -> Path:
+    """Regenerate ``leaderboard.md`` from every result under ``root`` (never loses a row)."""
+    headers = ["run", "plugin", "protocol", "dataset", "backbone", "epoch", "tau", "test CorLoc", "test cls acc"]
+    table = tabulate(leaderboard_rows(load_results(root)), headers=headers, tablefmt="github")
+    path = Path(root) / LEADERBOARD_FILE
+    io.write_text(path, "# Runs under this folder\n\n" + table + "\n")
+    return path
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _fmt_taus(taus) -> str:
+    if isinstance(taus, list):
+        return f"{taus[0]:.3f}" if len(set(taus)) == 1 else "per-class"
+    return f"{taus:.3f}"

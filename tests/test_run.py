@@ -1,0 +1,173 @@
+"""End to end: `harness run` on a tiny synth-yto, the run directory, resume, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from harness import runner
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.evaluation import CorLocAccumulator, corloc_at, threshold_list
+
+from conftest import TINY_YTO
+
+
+def _opts(overrides):
+    return ["--cfg-options", *[f"{k}={v}" for k, v in overrides.items()]]
+
+
+def _run_cli(tmp_path, *extra, overrides=TINY_YTO):
+    argv = ["run", "--plugin", "cam", "--protocol", "gt-val", "--run-root", str(tmp_path), "--no-progress"]
+    return main(argv + list(extra) + _opts(overrides))
+
+
+def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
+    assert _run_cli(tmp_path) == 0
+    out = capsys.readouterr().out
+    [run_dir] = tmp_path.glob("*-cam-gt-val")
+    for name in ("config.py", "log.txt", "metrics.jsonl", "result.json"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "0-classifier-epoch001.pt", "0-classifier-epoch002.pt"]
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+    record = json.loads((run_dir / "result.json").read_text())
+    classes = record["dataset"]["classes"]
+    assert len(classes) == 10 and "Avg" in out and all(c in out for c in classes)
+    assert record["plugin"] == "cam" and record["protocol"]["name"] == "gt-val"
+    assert record["seed"] == 0 and record["device"] == "cpu"
+    assert record["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0]
+    assert len(record["dataset"]["identity"]) == 16
+    assert record["config"]["classifier"]["epochs"] == 2
+
+    # The selection is what the protocol says: the best val epoch, its best val tau.
+    sel = record["selection"]
+    scores = {int(e): s for e, s in sel["epoch_scores"].items()}
+    assert sel["epoch"] == max(scores, key=lambda e: (scores[e], -e))
+    val = json.loads((run_dir / "evals" / f"val-epoch{sel['epoch']:03d}.json").read_text())
+    test = json.loads((run_dir / "evals" / f"test-epoch{sel['epoch']:03d}.json").read_text())
+    val_curves = CorLocAccumulator.from_state_dict(val["corloc"]).curves()
+    test_curves = CorLocAccumulator.from_state_dict(test["corloc"]).curves()
+    thresholds = threshold_list(0.01)
+    best = np.nanmean(val_curves, axis=0).max()
+    tau_idx = int(np.round(sel["tau"][0] / 0.01))
+    assert np.isclose(np.nanmean(val_curves[:, tau_idx]), best)
+    assert sel["tau"] == [float(thresholds[tau_idx])] * 10
+    expected = corloc_at(test_curves, np.full(10, tau_idx))
+    assert record["metrics"]["test"]["corloc"] == pytest.approx(expected["mean"])
+    assert record["metrics"]["test"]["corloc_per_class"] == expected["per_class"]
+    assert record["metrics"]["test"]["corloc_oracle"] >= record["metrics"]["test"]["corloc"]
+
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert run_dir.name in board and "gt-val" in board
+
+
+def test_leaderboard_keeps_every_run(tmp_path, capsys):
+    assert _run_cli(tmp_path, overrides={**TINY_YTO, "classifier.epochs": 1}) == 0
+    assert _run_cli(tmp_path, overrides={**TINY_YTO, "classifier.epochs": 1, "seed": 1}) == 0
+    runs = sorted(p.name for p in tmp_path.glob("*-cam-gt-val"))
+    assert len(runs) == 2
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert all(r in board for r in runs)
+    capsys.readouterr()
+    assert main(["leaderboard", "--run-root", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert all(r in printed for r in runs)
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
+    overrides = {**TINY_YTO, "classifier.epochs": 3}
+    ref_dir = runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "ref")
+    ref = runner.execute(ref_dir, progress=False)
+
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "killed")
+
+    def kill_after_epoch_2(stage, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(run_dir, progress=False, callbacks=[kill_after_epoch_2])
+    assert not (run_dir / "result.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir())[-1] == "0-classifier-epoch002.pt"
+
+    resumed = runner.execute(run_dir, progress=False)
+    assert resumed["resumed_from"] == "classifier epoch 2"
+    assert resumed["metrics"] == ref["metrics"]
+    assert resumed["selection"] == ref["selection"]
+    a = torch.load(ref_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=False)["method"]
+    b = torch.load(run_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=False)["method"]
+    for key in a["classifier"]:
+        assert torch.equal(a["classifier"][key], b["classifier"][key]), key
+
+
+def test_resume_of_a_finished_run_returns_its_result_untouched(tmp_path):
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", {**TINY_YTO, "classifier.epochs": 1}, tmp_path)
+    first = runner.execute(run_dir, progress=False)
+    before = (run_dir / "result.json").stat().st_mtime_ns
+    assert runner.execute(run_dir, progress=False) == first
+    assert (run_dir / "result.json").stat().st_mtime_ns == before
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", {**TINY_YTO, "classifier.epochs": 2}, tmp_path)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "0-classifier-epoch001.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HarnessError, match="0-classifier-epoch001.pt"):
+        runner.execute(run_dir, progress=False)
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["run", "--plugin", "nope"], "unknown method 'nope'. Valid methods: cam"),
+        (["run", "--plugin", "cam", "--protocol", "nope"], "Valid protocols: gt-val"),
+        (["run", "--plugin", "cam", "--dataset", "nope"], "synth-cub, synth-yto"),
+        (["run", "--plugin", "cam", "--cfg-options", "classifier.nope=1"], "Valid keys there"),
+        (["run"], "--plugin is required"),
+        (["run", "--resume", "/nonexistent/run"], "not a run directory"),
+        (["run", "--plugin", "cam", "--device", "cuda:7"], "CUDA is not available"),
+        (["leaderboard", "--run-root", "/nonexistent/root"], "does not exist"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(argv, needle, capsys, tmp_path):
+    if argv[:1] == ["run"] and "--resume" not in argv:
+        argv = argv + ["--run-root", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_run_root_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "runs"
+    blocker.write_text("I am a file")
+    assert main(["run", "--plugin", "cam", "--run-root", str(blocker)]) == 2
+    assert "run root" in capsys.readouterr().err
+    assert blocker.read_text() == "I am a file"
+
+
+def test_nan_maps_are_an_error_naming_the_frame(tmp_path):
+    from mmengine.config import Config
+
+    from harness.inference import evaluate_split
+    from harness.method import Prediction
+    from harness.registry import registry
+
+    ds = registry().get("dataset", "synth-yto").factory(
+        {k.split(".", 1)[1]: v for k, v in TINY_YTO.items() if k.startswith("data.")}, progress=False)
+
+    class NanMethod:
+        def eval_mode(self):
+            pass
+
+        def predict(self, images, classes):
+            maps = torch.zeros(len(images), 4, 4)
+            maps[1] = float("nan")
+            return Prediction(maps=maps, logits=torch.zeros(len(images), 10))
+
+    cfg = Config({"loader": {"eval_batch_size": 8, "num_workers": 0}, "method": {"name": "nan"},
+                  "eval": {"threshold_step": 0.01, "iou_threshold": 0.5, "multi_contour": False,
+                           "interpolation": "bilinear"}})
+    split = ds.split("val")
+    with pytest.raises(HarnessError, match=split.frames[1].id):
+        evaluate_split(NanMethod(), split, 10, cfg, torch.device("cpu"), progress=False)
