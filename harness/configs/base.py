@@ -13,12 +13,12 @@ classifier = dict(
     backbone="resnet18",  # any timm model that supports features_only
     pretrained=None,  # None: random init; True: timm pretrained tag (weights cached); or a checkpoint path
     feature_index=2,  # timm feature stage whose map gives the CAM (2 = stride 8 on ResNets)
-    epochs=6,
+    epochs=10,
     batch_size=32,
     lr=0.05,
     momentum=0.9,
     weight_decay=1e-4,
-    lr_decay_epochs=4,  # multiply the lr by lr_decay every this many epochs
+    lr_decay_epochs=8,  # multiply the lr by lr_decay every this many epochs
     lr_decay=0.1,
     augment=dict(hflip=True),
 )
