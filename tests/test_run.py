@@ -22,6 +22,7 @@ def _run_cli(tmp_path, *extra, overrides=TINY_YTO):
     return main(argv + list(extra) + _opts(overrides))
 
 
+@pytest.mark.slow
 def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
     assert _run_cli(tmp_path) == 0
     out = capsys.readouterr().out
@@ -63,6 +64,7 @@ def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
     assert run_dir.name in board and "gt-val" in board
 
 
+@pytest.mark.slow
 def test_leaderboard_keeps_every_run(tmp_path, capsys):
     assert _run_cli(tmp_path, overrides={**TINY_YTO, "classifier.epochs": 1}) == 0
     assert _run_cli(tmp_path, overrides={**TINY_YTO, "classifier.epochs": 1, "seed": 1}) == 0
@@ -76,6 +78,7 @@ def test_leaderboard_keeps_every_run(tmp_path, capsys):
     assert all(r in printed for r in runs)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     overrides = {**TINY_YTO, "classifier.epochs": 3}
     ref_dir = runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "ref")
@@ -171,3 +174,36 @@ def test_nan_maps_are_an_error_naming_the_frame(tmp_path):
     split = ds.split("val")
     with pytest.raises(HarnessError, match=split.frames[1].id):
         evaluate_split(NanMethod(), split, 10, cfg, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
+    """A real kill -9 mid-training: checkpoints on disk stay readable and --resume finishes
+    with the numbers of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    overrides = {**TINY_YTO, "classifier.epochs": 5}
+    ref = runner.execute(runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "ref"), progress=False)
+
+    root = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--plugin", "cam", "--run-root", str(root), "--no-progress",
+           *_opts(overrides)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(root.glob("*/checkpoints/0-classifier-epoch001.pt")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [run_dir] = [p for p in root.iterdir() if p.is_dir()]
+    assert not (run_dir / "result.json").exists()
+
+    assert main(["run", "--resume", str(run_dir), "--no-progress"]) == 0
+    resumed = json.loads((run_dir / "result.json").read_text())
+    assert resumed["resumed_from"].startswith("classifier epoch ")
+    assert resumed["metrics"] == ref["metrics"]
+    assert resumed["selection"] == ref["selection"]
