@@ -1,4 +1,4 @@
-"""Tests for harness.evaluation.corloc: hand-computed CorLoc cases, threshold selection, state,
+"""Tests for harness.evaluation.box_accuracy: hand-computed CorLoc cases, threshold selection, state,
 and a comparison with a straightforward per-threshold port of wsolevaluation on random maps."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.evaluation import (
-    CorLocAccumulator,
+    BoxAccumulator,
     best_iou_per_threshold,
     boxes_at_thresholds,
     corloc_at,
@@ -134,12 +134,12 @@ def test_best_gt_box_counts():
     t = threshold_list(0.01)
     best = best_iou_per_threshold(_block_map(), [(0, 0, 1, 1), (3, 2, 6, 4)], t)
     assert np.array_equal(best, np.full(100, 0.6))
-    acc = CorLocAccumulator(1, t, iou_threshold=0.5)
+    acc = BoxAccumulator(1, t, iou_thresholds=[0.5])
     acc.add(_block_map(), [(0, 0, 1, 1), (3, 2, 6, 4)], 0, "f0")
     assert np.array_equal(acc.curves(), np.full((1, 100), 100.0))
-    strict = CorLocAccumulator(1, t, iou_threshold=0.7)
+    strict = BoxAccumulator(1, t, iou_thresholds=[0.7])
     strict.add(_block_map(), [(0, 0, 1, 1), (3, 2, 6, 4)], 0, "f0")
-    assert np.array_equal(strict.curves(), np.zeros((1, 100)))
+    assert np.array_equal(strict.curves(0.7), np.zeros((1, 100)))
 
 
 def test_iou_exactly_at_threshold_counts_as_correct():
@@ -147,10 +147,10 @@ def test_iou_exactly_at_threshold_counts_as_correct():
     # (2x5 = 10 px) lies inside: IoU = 10/20 = 0.5 exactly, correct because the test is >=.
     m = np.zeros((8, 8))
     m[0:4, 0:3] = 1.0
-    acc = CorLocAccumulator(1, [0.5])
+    acc = BoxAccumulator(1, [0.5], iou_thresholds=[0.5])
     best = acc.add(m, [(0, 0, 1, 4)], 0, "half")
     assert best.tolist() == [0.5]
-    assert acc.correct.tolist() == [[1]]
+    assert acc.correct.tolist() == [[[1]]]
 
 
 def test_multi_contour_finds_the_small_blob():
@@ -182,7 +182,7 @@ def _three_class_accumulator():
     # Class 1, GT = S's pixels [2,1,8,7] (49 px): tau0 IoU 49/64 (right), tau1 16/49 (wrong);
     #          a second class-1 frame has its GT far away: wrong at both.
     # Class 2: no frame.
-    acc = CorLocAccumulator(3, [0.0, 0.6])
+    acc = BoxAccumulator(3, [0.0, 0.6])
     assert acc.add(_two_level_map(), [(4, 3, 6, 5)], 0, "c0/a").tolist() == [9 / 64, 9 / 16]
     assert acc.add(_two_level_map(), [(2, 1, 8, 7)], 1, "c1/a").tolist() == [49 / 64, 16 / 49]
     assert acc.add(_two_level_map(), [(10, 8, 11, 9)], 1, "c1/b").tolist() == [0.0, 0.0]
@@ -241,7 +241,7 @@ def test_thresholds_selected_on_one_split_apply_to_another():
 
 
 def test_empty_split_is_an_error():
-    acc = CorLocAccumulator(2, threshold_list(0.1))
+    acc = BoxAccumulator(2, threshold_list(0.1))
     assert np.isnan(acc.curves()).all()
     with pytest.raises(HarnessError, match="empty split"):
         select_threshold(acc.curves())
@@ -271,7 +271,7 @@ def test_corloc_at_rejects_bad_indices_and_curves():
 
 
 def test_nan_map_names_frame_and_leaves_counts_unchanged():
-    acc = CorLocAccumulator(2, [0.0, 0.5])
+    acc = BoxAccumulator(2, [0.0, 0.5])
     m = _block_map()
     m[0, 0] = np.nan
     with pytest.raises(HarnessError, match=r"'bird/0031\.jpg'.*NaN"):
@@ -280,14 +280,14 @@ def test_nan_map_names_frame_and_leaves_counts_unchanged():
 
 
 def test_degenerate_gt_names_frame():
-    acc = CorLocAccumulator(2, [0.0])
+    acc = BoxAccumulator(2, [0.0])
     with pytest.raises(HarnessError, match=r"'yto/car/12/0005'.*degenerate"):
         acc.add(_block_map(), [(6, 2, 3, 4)], 0, "yto/car/12/0005")
     assert acc.num_frames == 0
 
 
 def test_bad_label_names_frame():
-    acc = CorLocAccumulator(2, [0.0])
+    acc = BoxAccumulator(2, [0.0])
     for label in (2, -1, 1.0, True):
         with pytest.raises(HarnessError, match="'f-lab'"):
             acc.add(_block_map(), [(3, 2, 6, 4)], label, "f-lab")
@@ -297,7 +297,7 @@ def test_bad_label_names_frame():
 def test_gt_past_the_border_is_clipped_against_the_map_size():
     # GT [3,2,20,4] on an 8x8 map is clipped to [3,2,7,4] (15 px) with a warning; the prediction
     # [3,2,7,5] (20 px) contains it: IoU 15/20 = 0.75.
-    acc = CorLocAccumulator(1, [0.0])
+    acc = BoxAccumulator(1, [0.0])
     with pytest.warns(UserWarning, match=r"'wide'.*clipped"):
         best = acc.add(_block_map(), [(3, 2, 20, 4)], 0, "wide")
     assert best.tolist() == [0.75]
@@ -305,11 +305,11 @@ def test_gt_past_the_border_is_clipped_against_the_map_size():
 
 def test_constructor_validation():
     with pytest.raises(HarnessError):
-        CorLocAccumulator(0, [0.0])
+        BoxAccumulator(0, [0.0])
     with pytest.raises(HarnessError):
-        CorLocAccumulator(2, [])
+        BoxAccumulator(2, [])
     with pytest.raises(HarnessError):
-        CorLocAccumulator(2, [0.0], iou_threshold=1.5)
+        BoxAccumulator(2, [0.0], iou_thresholds=[1.5])
 
 
 # --------------------------------------------------------------------------- state and merge
@@ -324,16 +324,16 @@ def _random_frames(n, num_classes, seed):
 
 def test_state_dict_round_trip_through_json():
     t = threshold_list(0.01)
-    acc = CorLocAccumulator(4, t, iou_threshold=0.3, multi_contour=True)
+    acc = BoxAccumulator(4, t, iou_thresholds=[0.3], multi_contour=True)
     frames = list(_random_frames(12, 4, seed=1))
     for m, gt, y, fid in frames[:8]:
         acc.add(m, gt, y, fid)
     state = json.loads(json.dumps(acc.state_dict()))
-    back = CorLocAccumulator.from_state_dict(state)
+    back = BoxAccumulator.from_state_dict(state)
     assert back.state_dict() == acc.state_dict()
     assert np.array_equal(back.thresholds, t)
-    assert back.iou_threshold == 0.3 and back.multi_contour is True
-    np.testing.assert_array_equal(back.curves(), acc.curves())
+    assert back.iou_thresholds == (0.3,) and back.multi_contour is True
+    np.testing.assert_array_equal(back.curves(0.3), acc.curves(0.3))
     for m, gt, y, fid in frames[8:]:
         acc.add(m, gt, y, fid)
         back.add(m, gt, y, fid)
@@ -346,43 +346,46 @@ def test_state_dict_round_trip_through_json():
         {"kind": "Other"},
         {"version": 99},
         {"count": [1, 2, 3]},  # wrong shape
-        {"correct": [[5] * 3, [0] * 3]},  # more correct than frames
+        {"correct": [[[5] * 3] * 3, [[0] * 3] * 3]},  # more correct than frames
         {"count": [-1, 0]},
-        {"correct": [[0.5] * 3, [0] * 3]},
+        {"correct": [[[0.5] * 3] * 3, [[0] * 3] * 3]},
     ],
 )
 def test_from_state_dict_rejects_bad_state(patch):
-    acc = CorLocAccumulator(2, [0.0, 0.1, 0.2])
+    acc = BoxAccumulator(2, [0.0, 0.1, 0.2])
     acc.count[:] = [1, 0]
     state = {**acc.state_dict(), **patch}
     with pytest.raises(HarnessError):
-        CorLocAccumulator.from_state_dict(state)
+        BoxAccumulator.from_state_dict(state)
     with pytest.raises(HarnessError):
-        CorLocAccumulator.from_state_dict({k: v for k, v in acc.state_dict().items() if k != "count"})
+        BoxAccumulator.from_state_dict({k: v for k, v in acc.state_dict().items() if k != "count"})
 
 
 def test_merge_equals_accumulating_everything_in_one():
     t = threshold_list(0.01)
     frames = list(_random_frames(20, 3, seed=2))
-    whole = CorLocAccumulator(3, t)
-    a = CorLocAccumulator(3, t)
-    b = CorLocAccumulator(3, t)
+    whole = BoxAccumulator(3, t)
+    a = BoxAccumulator(3, t)
+    b = BoxAccumulator(3, t)
     for i, (m, gt, y, fid) in enumerate(frames):
         whole.add(m, gt, y, fid)
         (a if i % 3 else b).add(m, gt, y, fid)
     assert a.merge(b) is a
-    assert a.state_dict() == whole.state_dict()
+    merged, direct = a.state_dict(), whole.state_dict()
+    for key in ("iou_sum", "otsu_iou_sum"):  # float sums: equal up to the order of additions
+        np.testing.assert_allclose(merged.pop(key), direct.pop(key), rtol=1e-12)
+    assert merged == direct
     assert whole.num_frames == 20 and whole.correct.any()
 
 
 def test_merge_rejects_different_settings():
     t = threshold_list(0.01)
-    base = CorLocAccumulator(3, t)
+    base = BoxAccumulator(3, t)
     for other in (
-        CorLocAccumulator(2, t),
-        CorLocAccumulator(3, threshold_list(0.001)),
-        CorLocAccumulator(3, t, iou_threshold=0.7),
-        CorLocAccumulator(3, t, multi_contour=True),
+        BoxAccumulator(2, t),
+        BoxAccumulator(3, threshold_list(0.001)),
+        BoxAccumulator(3, t, iou_thresholds=[0.7]),
+        BoxAccumulator(3, t, multi_contour=True),
     ):
         with pytest.raises(HarnessError, match="cannot merge"):
             base.merge(other)

@@ -1,7 +1,16 @@
-"""Evaluation: boxes from score maps, IoU, CorLoc / MaxBoxAcc curves and threshold selection.
+"""Evaluation: boxes from score maps, IoU, box metrics (CorLoc, MaxBoxAcc, MaxBoxAccV2,
+Top-1/Top-5 Loc, pointing game, Otsu boxes), PxAP, and threshold selection.
 
 Semantics follow Choe et al.'s wsolevaluation; the conventions are documented in docs/metrics.md.
 """
+from harness.evaluation.box_accuracy import (
+    BoxAccumulator,
+    best_iou_per_threshold,
+    corloc_at,
+    otsu_level,
+    pointing_hit,
+    select_threshold,
+)
 from harness.evaluation.boxes import (
     boxes_at_thresholds,
     check_boxes,
@@ -10,12 +19,7 @@ from harness.evaluation.boxes import (
     normalize_map,
     threshold_list,
 )
-from harness.evaluation.corloc import (
-    CorLocAccumulator,
-    best_iou_per_threshold,
-    corloc_at,
-    select_threshold,
-)
+from harness.evaluation.pxap import MaskAccumulator, pxap
 
 __all__ = [
     "normalize_map",
@@ -25,7 +29,11 @@ __all__ = [
     "iou_matrix",
     "check_boxes",
     "best_iou_per_threshold",
-    "CorLocAccumulator",
+    "otsu_level",
+    "pointing_hit",
+    "BoxAccumulator",
     "select_threshold",
     "corloc_at",
+    "MaskAccumulator",
+    "pxap",
 ]

@@ -1,46 +1,48 @@
-"""CorLoc / MaxBoxAcc: per-threshold localization accuracy curves and threshold selection.
+"""Box metrics of a split, all read from one set of per-threshold counts.
 
-A frame is *correct* at CAM threshold ``tau`` when the best IoU between its predicted boxes at
-``tau`` and its ground-truth boxes is ``>= iou_threshold`` (``>=`` as wsolevaluation's code;
-papers write ``>``). :class:`CorLocAccumulator` streams frames and keeps only counts
-(``correct[class, tau]`` and ``count[class]``), never maps, so memory is bounded whatever the
-split size. Its :meth:`~CorLocAccumulator.curves` give per-class accuracy in percent.
+CorLoc (WSVOL), MaxBoxAcc and MaxBoxAccV2 (Choe et al.), GT-known / Top-1 / Top-5 Loc, mean
+raw IoU, classification accuracy, the pointing game and Otsu boxes. :class:`BoxAccumulator`
+streams frames and keeps only counts, never maps:
+
+- ``correct[c, k, t]``: frames of class ``c`` whose best IoU at ``thresholds[t]`` is
+  ``>= iou_thresholds[k]`` (``>=`` as wsolevaluation's code; papers write ``>``);
+- ``top1[k, t]`` / ``top5[k, t]``: the same, pooled, for frames whose class is also right;
+- ``iou_sum[c, t]``: sum of the best IoUs (mean raw IoU, which the realistic-protocol chapter
+  recommends reporting);
+- per map, the Otsu threshold's box (the OT setting) and the pointing game (map peak in a GT
+  box).
+
+A frame's *best IoU* at ``tau`` is the max over (predicted boxes at ``tau``) x (GT boxes), the
+boxes following the reference exactly (``docs/metrics.md``). All 256 distinct binarizations of a
+map come from one component-tree pass (:mod:`harness.evaluation.component_tree`).
 
 Threshold selection is kept apart from accumulation so that a protocol can pick thresholds on
 one split and apply them to another: ``select_threshold(val_curves, scope)`` returns per-class
 threshold indices, ``corloc_at(test_curves, indices)`` reads the accuracy at those indices. The
-oracle protocols of the papers are the special case ``corloc_at(c, select_threshold(c, ...))``
-on the same split. Curves are only comparable when built with the same threshold list.
-See ``docs/metrics.md``.
+oracle metrics of the papers (MaxBoxAcc: best threshold on the evaluated split itself) are the
+special case of selecting and reading on the same curves.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.evaluation.boxes import (
-    _check_thresholds,
-    _distinct_boxes,
-    _quantize,
-    check_boxes,
-    check_map,
-    iou_matrix,
-)
+from harness.evaluation.boxes import _check_thresholds, _quantize, check_boxes, check_map
+from harness.evaluation.component_tree import best_iou_at_thresholds, level_best_iou
 
-__all__ = ["best_iou_per_threshold", "CorLocAccumulator", "select_threshold", "corloc_at"]
+__all__ = ["best_iou_per_threshold", "BoxAccumulator", "select_threshold", "corloc_at"]
 
-_STATE_KIND = "CorLocAccumulator"
+_STATE_KIND = "BoxAccumulator"
 _STATE_VERSION = 1
+DEFAULT_IOUS = (0.3, 0.5, 0.7)
 
 
-def _best_iou(score_map: np.ndarray, gt: np.ndarray, thresholds: np.ndarray, multi_contour: bool) -> np.ndarray:
-    groups, index = _distinct_boxes(_quantize(score_map), thresholds, multi_contour)
-    starts = np.cumsum([0] + [len(g) for g in groups[:-1]])
-    best_per_box = iou_matrix(np.concatenate(groups), gt).max(axis=1)  # best GT for each box
-    best_per_group = np.maximum.reduceat(best_per_box, starts)  # best box of each binarization
-    return best_per_group[index]
+def _prepare(score_map: Any, gt_boxes: Any, frame_id: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = check_map(score_map, frame_id)
+    return s, check_boxes(gt_boxes, s.shape[1], s.shape[0], frame_id)
 
 
 def best_iou_per_threshold(
@@ -56,131 +58,246 @@ def best_iou_per_threshold(
     ``score_map`` is validated with :func:`check_map`, ``gt_boxes`` with :func:`check_boxes`
     against the map's size (clipping with a warning if they extend past it).
     """
-    s = check_map(score_map, frame_id)
-    gt = check_boxes(gt_boxes, s.shape[1], s.shape[0], frame_id)
-    return _best_iou(s, gt, _check_thresholds(thresholds), bool(multi_contour))
+    s, gt = _prepare(score_map, gt_boxes, frame_id)
+    q = _quantize(s)
+    levels = level_best_iou(q, gt, bool(multi_contour))
+    return best_iou_at_thresholds(levels, q, gt, _check_thresholds(thresholds))
 
 
-class CorLocAccumulator:
-    """Streaming per-class CorLoc counts over a split.
+def otsu_level(q: np.ndarray) -> int:
+    """Otsu's threshold of a quantized map: the binarization is ``q > level`` (OpenCV's)."""
+    level, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return int(level)
 
-    ``correct[c, t]`` counts frames of class ``c`` whose best IoU at ``thresholds[t]`` is
-    ``>= iou_threshold``; ``count[c]`` counts frames of class ``c``. Memory is
-    ``O(num_classes * len(thresholds))``.
-    """
 
-    def __init__(self, num_classes: int, thresholds: Any, iou_threshold: float = 0.5, multi_contour: bool = False):
+def pointing_hit(score_map: np.ndarray, gt: np.ndarray) -> bool:
+    """The map's peak (first maximum in row-major order) lies inside a GT box (inclusive)."""
+    y, x = np.unravel_index(int(np.argmax(score_map)), score_map.shape)
+    return bool(((gt[:, 0] <= x) & (x <= gt[:, 2]) & (gt[:, 1] <= y) & (y <= gt[:, 3])).any())
+
+
+class BoxAccumulator:
+    """Streaming box-metric counts over a split; memory ``O(C * K * T)``, independent of N."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        thresholds: Any,
+        iou_thresholds: Any = DEFAULT_IOUS,
+        multi_contour: bool = False,
+    ):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise HarnessError(f"num_classes must be a positive integer, got {num_classes!r}")
-        iou_threshold = float(iou_threshold)
-        if not (0.0 <= iou_threshold <= 1.0):
-            raise HarnessError(f"iou_threshold must be in [0, 1], got {iou_threshold!r}")
+        ious = np.atleast_1d(np.asarray(iou_thresholds, dtype=np.float64))
+        if ious.ndim != 1 or ious.size == 0 or not ((ious >= 0) & (ious <= 1)).all():
+            raise HarnessError(f"iou_thresholds must be values in [0, 1], got {iou_thresholds!r}")
         self.num_classes = int(num_classes)
         self.thresholds = _check_thresholds(thresholds).copy()
         self.thresholds.setflags(write=False)
-        self.iou_threshold = iou_threshold
+        self.iou_thresholds = tuple(float(v) for v in ious)
         self.multi_contour = bool(multi_contour)
-        self.correct = np.zeros((self.num_classes, len(self.thresholds)), dtype=np.int64)
-        self.count = np.zeros(self.num_classes, dtype=np.int64)
+        C, K, T = self.num_classes, len(self.iou_thresholds), len(self.thresholds)
+        self.correct = np.zeros((C, K, T), dtype=np.int64)
+        self.top1 = np.zeros((K, T), dtype=np.int64)
+        self.top5 = np.zeros((K, T), dtype=np.int64)
+        self.iou_sum = np.zeros((C, T), dtype=np.float64)
+        self.otsu_correct = np.zeros((C, K), dtype=np.int64)
+        self.otsu_iou_sum = np.zeros(C, dtype=np.float64)
+        self.pointing_hits = np.zeros(C, dtype=np.int64)
+        self.count = np.zeros(C, dtype=np.int64)
+        self.cls_count = np.zeros(C, dtype=np.int64)  # frames that came with class scores
+        self.cls_top1 = np.zeros(C, dtype=np.int64)
+        self.cls_top5 = np.zeros(C, dtype=np.int64)
+
+    # ------------------------------------------------------------------ accumulation
 
     @property
     def num_frames(self) -> int:
         return int(self.count.sum())
 
-    def add(self, score_map: np.ndarray, gt_boxes: Any, label: int, frame_id: Any) -> np.ndarray:
-        """Add one frame; return its best IoU per threshold, shape ``(T,)``.
+    def add(self, score_map: np.ndarray, gt_boxes: Any, label: int, frame_id: Any, logits: Any = None) -> np.ndarray:
+        """Add one frame (GT-class map, its GT boxes, its label, optional class scores);
+        return its best IoU per threshold, shape ``(T,)``.
 
         Everything is validated before any count changes, so a frame that raises leaves the
         accumulator as it was.
         """
-        s = check_map(score_map, frame_id)
-        gt = check_boxes(gt_boxes, s.shape[1], s.shape[0], frame_id)
+        s, gt = _prepare(score_map, gt_boxes, frame_id)
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < self.num_classes:
             raise HarnessError(
                 f"frame {frame_id!r}: class label {label!r} is not an integer in [0, {self.num_classes - 1}]"
             )
-        best = _best_iou(s, gt, self.thresholds, self.multi_contour)
-        self.correct[int(label)] += best >= self.iou_threshold
-        self.count[int(label)] += 1
+        rank = None
+        if logits is not None:
+            scores = np.asarray(logits, dtype=np.float64).reshape(-1)
+            if scores.shape != (self.num_classes,) or not np.isfinite(scores).all():
+                raise HarnessError(
+                    f"frame {frame_id!r}: class scores must be {self.num_classes} finite values, got shape {scores.shape}"
+                )
+            rank = int((scores > scores[label]).sum())  # classes scored strictly above the true one
+        q = _quantize(s)
+        levels = level_best_iou(q, gt, self.multi_contour)
+        best = best_iou_at_thresholds(levels, q, gt, self.thresholds)
+        c = int(label)
+        ok = best[None, :] >= np.asarray(self.iou_thresholds)[:, None]  # (K, T)
+        self.correct[c] += ok
+        self.iou_sum[c] += best
+        otsu_best = levels[otsu_level(q)]
+        self.otsu_correct[c] += otsu_best >= np.asarray(self.iou_thresholds)
+        self.otsu_iou_sum[c] += otsu_best
+        self.pointing_hits[c] += pointing_hit(s, gt)
+        self.count[c] += 1
+        if rank is not None:
+            self.cls_count[c] += 1
+            self.cls_top1[c] += rank == 0
+            self.cls_top5[c] += rank < 5
+            if rank == 0:
+                self.top1 += ok
+            if rank < 5:
+                self.top5 += ok
         return best
 
-    def curves(self) -> np.ndarray:
-        """Per-class accuracy in percent, shape ``(C, T)``; an all-NaN row for a class without frames."""
-        out = np.full(self.correct.shape, np.nan)
-        has = self.count > 0
-        out[has] = self.correct[has] * 100.0 / self.count[has, None]
-        return out
-
-    def pooled_curve(self) -> np.ndarray:
-        """Accuracy in percent over all frames pooled (no class mean), shape ``(T,)``.
-
-        This is wsolevaluation's ``BoxEvaluator`` curve; its max is MaxBoxAcc.
-        """
-        n = self.num_frames
-        if n == 0:
-            raise HarnessError("CorLoc: no frame was evaluated (empty split)")
-        return self.correct.sum(axis=0) * 100.0 / n
-
-    def merge(self, other: "CorLocAccumulator") -> "CorLocAccumulator":
+    def merge(self, other: "BoxAccumulator") -> "BoxAccumulator":
         """Add ``other``'s counts into this accumulator (in place) and return ``self``."""
-        if not isinstance(other, CorLocAccumulator):
-            raise TypeError(f"cannot merge a {type(other).__name__} into a CorLocAccumulator")
+        if not isinstance(other, BoxAccumulator):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a BoxAccumulator")
         self._check_compatible(other)
-        self.correct += other.correct
-        self.count += other.count
+        for name in _COUNTS:
+            getattr(self, name)[...] += getattr(other, name)
         return self
 
-    def _check_compatible(self, other: "CorLocAccumulator") -> None:
+    def _check_compatible(self, other: "BoxAccumulator") -> None:
         diffs = []
         if other.num_classes != self.num_classes:
             diffs.append(f"num_classes {self.num_classes} vs {other.num_classes}")
         if not np.array_equal(other.thresholds, self.thresholds):
             diffs.append(f"thresholds ({len(self.thresholds)} vs {len(other.thresholds)} values, or different values)")
-        if other.iou_threshold != self.iou_threshold:
-            diffs.append(f"iou_threshold {self.iou_threshold} vs {other.iou_threshold}")
+        if other.iou_thresholds != self.iou_thresholds:
+            diffs.append(f"iou_thresholds {self.iou_thresholds} vs {other.iou_thresholds}")
         if other.multi_contour != self.multi_contour:
             diffs.append(f"multi_contour {self.multi_contour} vs {other.multi_contour}")
         if diffs:
-            raise HarnessError("cannot merge CorLoc accumulators with different settings: " + "; ".join(diffs))
+            raise HarnessError("cannot merge box accumulators with different settings: " + "; ".join(diffs))
+
+    # ------------------------------------------------------------------ read-outs
+
+    def _k(self, iou: float) -> int:
+        for k, v in enumerate(self.iou_thresholds):
+            if abs(v - iou) < 1e-9:
+                return k
+        raise HarnessError(f"IoU level {iou} was not accumulated; levels: {list(self.iou_thresholds)}")
+
+    def curves(self, iou: float = 0.5) -> np.ndarray:
+        """Per-class accuracy in percent at IoU ``iou``, shape ``(C, T)``; an all-NaN row for a
+        class without frames. CorLoc is the class mean of these."""
+        return _per_class_percent(self.correct[:, self._k(iou)], self.count)
+
+    def pooled_curve(self, iou: float = 0.5) -> np.ndarray:
+        """Accuracy in percent over all frames pooled (no class mean), shape ``(T,)``: the
+        ``BoxEvaluator`` curve of wsolevaluation (GT-known Loc per threshold)."""
+        return self.correct[:, self._k(iou)].sum(axis=0) * 100.0 / self._n()
+
+    def top_k_curve(self, k: int, iou: float = 0.5) -> np.ndarray:
+        """Top-1 / Top-5 Loc per threshold in percent (box right and class in the top k), pooled."""
+        counts = {1: self.top1, 5: self.top5}[k]
+        n = int(self.cls_count.sum())
+        if n == 0:
+            raise HarnessError("Top-k Loc needs class scores: no frame was added with logits")
+        return counts[self._k(iou)] * 100.0 / n
+
+    def mean_iou_curve(self) -> np.ndarray:
+        """Mean best IoU per threshold over all frames (not a percentage)."""
+        return self.iou_sum.sum(axis=0) / self._n()
+
+    def max_box_acc(self) -> dict[float, float]:
+        """Choe et al.'s MaxBoxAcc at each IoU level: max over thresholds of the pooled curve
+        (the threshold chosen separately for each level, on this split)."""
+        return {iou: float(self.pooled_curve(iou).max()) for iou in self.iou_thresholds}
+
+    def max_box_acc_v2(self) -> float:
+        """MaxBoxAccV2: all contours, mean over IoU 0.3/0.5/0.7 of MaxBoxAcc."""
+        if not self.multi_contour:
+            raise HarnessError("MaxBoxAccV2 is defined with every contour: accumulate with multi_contour=True")
+        per = self.max_box_acc()
+        return float(np.mean([per[self.iou_thresholds[self._k(v)]] for v in DEFAULT_IOUS]))
+
+    def otsu_curves(self) -> np.ndarray:
+        """Per-class accuracy in percent with each map's Otsu box, shape ``(C, K)`` (NaN rows
+        for classes without frames)."""
+        return _per_class_percent(self.otsu_correct, self.count)
+
+    def otsu_mean_iou(self) -> float:
+        return float(self.otsu_iou_sum.sum() / self._n())
+
+    def pointing_game(self) -> float:
+        """Percentage of frames whose map peak falls inside a GT box."""
+        return float(self.pointing_hits.sum() * 100.0 / self._n())
+
+    def cls_accuracy(self, k: int = 1) -> float:
+        n = int(self.cls_count.sum())
+        if n == 0:
+            raise HarnessError("classification accuracy needs class scores: no frame was added with logits")
+        return float({1: self.cls_top1, 5: self.cls_top5}[k].sum() * 100.0 / n)
+
+    def _n(self) -> int:
+        n = self.num_frames
+        if n == 0:
+            raise HarnessError("box metrics: no frame was evaluated (empty split)")
+        return n
+
+    # ------------------------------------------------------------------ serialization
 
     def state_dict(self) -> dict:
         """A JSON-able dict (lists and scalars) of the settings and counts."""
-        return {
+        state = {
             "kind": _STATE_KIND,
             "version": _STATE_VERSION,
             "num_classes": self.num_classes,
             "thresholds": [float(t) for t in self.thresholds],
-            "iou_threshold": self.iou_threshold,
+            "iou_thresholds": list(self.iou_thresholds),
             "multi_contour": self.multi_contour,
-            "correct": self.correct.tolist(),
-            "count": self.count.tolist(),
         }
+        state.update({name: getattr(self, name).tolist() for name in _COUNTS})
+        return state
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "CorLocAccumulator":
+    def from_state_dict(cls, state: dict) -> "BoxAccumulator":
         """Rebuild an accumulator from :meth:`state_dict` (e.g. after a JSON round trip)."""
         if not isinstance(state, dict) or state.get("kind") != _STATE_KIND:
-            raise HarnessError("not a CorLoc accumulator state (missing or wrong 'kind')")
+            raise HarnessError("not a box accumulator state (missing or wrong 'kind')")
         if state.get("version") != _STATE_VERSION:
-            raise HarnessError(f"CorLoc accumulator state version {state.get('version')!r} is not supported")
-        missing = [k for k in ("num_classes", "thresholds", "iou_threshold", "multi_contour", "correct", "count") if k not in state]
+            raise HarnessError(f"box accumulator state version {state.get('version')!r} is not supported")
+        settings = ("num_classes", "thresholds", "iou_thresholds", "multi_contour")
+        missing = [k for k in settings + _COUNTS if k not in state]
         if missing:
-            raise HarnessError(f"CorLoc accumulator state lacks {missing}")
-        acc = cls(state["num_classes"], state["thresholds"], state["iou_threshold"], state["multi_contour"])
-        correct = np.asarray(state["correct"])
-        count = np.asarray(state["count"])
-        if correct.shape != acc.correct.shape or count.shape != acc.count.shape:
-            raise HarnessError(
-                f"CorLoc accumulator state: counts have shapes {correct.shape} and {count.shape}, "
-                f"expected {acc.correct.shape} and {acc.count.shape}"
-            )
-        if correct.dtype.kind not in "iu" or count.dtype.kind not in "iu":
-            raise HarnessError("CorLoc accumulator state: counts must be integers")
-        if (count < 0).any() or (correct < 0).any() or (correct > count[:, None]).any():
-            raise HarnessError("CorLoc accumulator state: counts must satisfy 0 <= correct <= count")
-        acc.correct[...] = correct
-        acc.count[...] = count
+            raise HarnessError(f"box accumulator state lacks {missing}")
+        acc = cls(state["num_classes"], state["thresholds"], state["iou_thresholds"], state["multi_contour"])
+        for name in _COUNTS:
+            target = getattr(acc, name)
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise HarnessError(f"box accumulator state: {name} has shape {value.shape}, expected {target.shape}")
+            if target.dtype.kind == "i" and value.size and value.dtype.kind not in "iu":
+                raise HarnessError(f"box accumulator state: {name} must hold integers")
+            if value.size and (value < 0).any():
+                raise HarnessError(f"box accumulator state: {name} must not be negative")
+            target[...] = value
+        if (acc.correct > acc.count[:, None, None]).any() or (acc.cls_count > acc.count).any():
+            raise HarnessError("box accumulator state: counts must satisfy 0 <= correct <= count")
         return acc
+
+
+_COUNTS = (
+    "correct", "top1", "top5", "iou_sum", "otsu_correct", "otsu_iou_sum", "pointing_hits",
+    "count", "cls_count", "cls_top1", "cls_top5",
+)
+
+
+def _per_class_percent(counts: np.ndarray, count: np.ndarray) -> np.ndarray:
+    out = np.full(counts.shape, np.nan)
+    has = count > 0
+    out[has] = counts[has] * 100.0 / count[has, None]
+    return out
 
 
 def _check_curves(curves: Any) -> tuple[np.ndarray, np.ndarray]:
