@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
 
+    ev = sub.add_parser("eval", help="re-evaluate a trained run (another protocol or eval settings), no training")
+    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory")
+    ev.add_argument("--protocol", help="protocol preset, protocol file, or 'all' (default: the run's own)")
+    ev.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                    help="evaluation settings only, e.g. eval.multi_contour=True eval.threshold_step=0.01")
+    ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (for runs whose maps were not saved)")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
     lst = sub.add_parser("list", help="list registered methods, CAM sources, protocols, datasets")
     lst.set_defaults(func=cmd_list)
 
@@ -85,11 +94,37 @@ def cmd_run(args) -> int:
     args._run_dir = run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     record = runner.execute(run_dir, progress=not args.no_progress)
+    _print_record(record)
+    print(f"result: {run_dir / results.RESULT_FILE}")
+    return 0
+
+
+def _print_record(record: dict) -> None:
+    from harness import results
+
     print(results.class_table(record))
+    print()
+    print(results.metrics_table(record))
     sel = record["selection"]
     print(f"\nselected {sel['stage']} epoch {sel['epoch']} ({sel['epoch_chosen_by']}), "
           f"tau {_taus(sel['tau'])} ({sel['tau_scope']}, {sel['tau_chosen_by']})")
-    print(f"result: {run_dir / results.RESULT_FILE}")
+
+
+def cmd_eval(args) -> int:
+    from harness import results, runner
+    from harness.registry import registry
+
+    run_dir = Path(args.run)
+    if not (run_dir / "config.py").is_file():
+        raise HarnessError(f"--run {run_dir}: not a run directory (no config.py)")
+    if args.protocol == "all":
+        records = [runner.reevaluate(run_dir, name, args.cfg_options, args.device, not args.no_progress)
+                   for name in registry().names("protocol")]
+        print(results.protocol_table(records))
+        return 0
+    record = runner.reevaluate(run_dir, args.protocol, args.cfg_options, args.device, not args.no_progress)
+    _print_record(record)
+    print(f"written: {run_dir / 'evaluations' / (record['protocol']['name'] + '.json')}")
     return 0
 
 

@@ -1,38 +1,49 @@
 """Maps of a split through a method, and the split's evaluation record.
 
 Every method's raw maps go through the same post-processing (upsampling to the frame
-size, per-map min-max normalization), so the protocol compares like with like.
+size, per-map min-max normalization, rounding to float32), so the protocol compares like with
+like, and maps saved to disk re-evaluate to exactly the same numbers.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness import io
 from harness.data.base import Split
 from harness.data.loader import eval_loader
 from harness.errors import HarnessError
-from harness.evaluation import CorLocAccumulator, threshold_list
+from harness.evaluation import BoxAccumulator, MaskAccumulator, threshold_list
 from harness.method import Method
 
 
 def normalized_maps(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(B, h, w) raw maps -> (B, H, W) float64 in [0, 1]; a constant map becomes zeros."""
+    """(B, h, w) raw maps -> (B, H, W) in [0, 1], float32 values; a constant map becomes zeros."""
     if mode not in ("bilinear", "bicubic"):
         raise HarnessError(f"eval.interpolation={mode!r}: use 'bilinear' or 'bicubic'")
     up = F.interpolate(maps[:, None].double(), size=size, mode=mode, align_corners=False)[:, 0]
     lo = up.amin(dim=(1, 2), keepdim=True)
     span = up.amax(dim=(1, 2), keepdim=True) - lo
-    return torch.where(span > 0, (up - lo) / span.clamp_min(1e-300), torch.zeros_like(up))
+    out = torch.where(span > 0, (up - lo) / span.clamp_min(1e-300), torch.zeros_like(up))
+    return out.float().clamp_(0.0, 1.0)
+
+
+def evaluated_frames(split: Split) -> list[int]:
+    """Frames with GT boxes: localization and classification are measured on those (as YTO's
+    annotated frames)."""
+    return [i for i, f in enumerate(split.frames) if f.has_boxes]
 
 
 def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(frame index, normalized map (H, W), logits (C,))`` for every frame of ``split``."""
+    """Yield ``(frame index, normalized map (H, W) float32, logits (C,))`` for the evaluated frames."""
     method.eval_mode()
-    loader = eval_loader(split, cfg.loader.eval_batch_size, cfg.loader.num_workers)
+    subset = _Subset(split, evaluated_frames(split))
+    loader = eval_loader(subset, cfg.loader.eval_batch_size, cfg.loader.num_workers)
     for batch in tqdm(loader, desc=f"eval {split.name}", leave=False, disable=not progress):
         images = batch["image"].to(device)
         labels = batch["label"].to(device)
@@ -40,7 +51,7 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
             pred = method.predict(images, labels)
         bad = ~torch.isfinite(pred.maps).flatten(1).all(1)
         if bad.any():
-            first = split.frames[int(batch["index"][bad.nonzero()[0, 0]])].id
+            first = subset.frames[int(batch["index"][bad.nonzero()[0, 0]])].id
             raise HarnessError(
                 f"method {cfg.method.name!r} produced a map with NaN/inf for frame {first!r} "
                 f"({int(bad.sum())} such maps in this batch); the model has diverged, lower the lr"
@@ -48,23 +59,110 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
         maps = normalized_maps(pred.maps, tuple(images.shape[-2:]), cfg.eval.interpolation).cpu().numpy()
         logits = pred.logits.float().cpu().numpy()
         for j, i in enumerate(batch["index"].tolist()):
-            yield i, maps[j], logits[j]
+            yield subset.indices[i], maps[j], logits[j]
 
 
-def evaluate_split(method: Method, split: Split, num_classes: int, cfg, device, progress: bool = True) -> dict:
-    """CorLoc counts at every threshold per class, and classification accuracy."""
-    if len(split) == 0:
-        raise HarnessError(f"split {split.name!r} is empty: nothing to evaluate")
-    acc = CorLocAccumulator(
-        num_classes,
-        threshold_list(cfg.eval.threshold_step),
-        iou_threshold=cfg.eval.iou_threshold,
-        multi_contour=cfg.eval.multi_contour,
-    )
-    correct = 0
-    for i, score_map, logits in iterate_maps(method, split, cfg, device, progress):
+class _Subset(Split):
+    """The evaluated frames of a split, as a split."""
+
+    def __init__(self, split: Split, indices: list[int]):
+        self.indices = indices
+        super().__init__(split.name, [split.frames[i] for i in indices], lambda j: split.read(indices[j]))
+
+
+def new_accumulators(num_classes: int, cfg, with_masks: bool) -> tuple[BoxAccumulator, MaskAccumulator | None]:
+    thresholds = threshold_list(cfg.eval.threshold_step)
+    boxes = BoxAccumulator(num_classes, thresholds, cfg.eval.iou_thresholds, cfg.eval.multi_contour)
+    return boxes, (MaskAccumulator(thresholds) if with_masks else None)
+
+
+def accumulate(
+    maps: Iterable[tuple[int, np.ndarray, np.ndarray | None]],
+    split: Split,
+    num_classes: int,
+    cfg,
+    save_to: Path | None = None,
+) -> dict:
+    """Evaluation record of a split from ``(frame index, map, logits)``; ``save_to`` keeps the
+    maps (``.npy``, float32, in evaluated-frame order) for re-evaluation without the model."""
+    indices = evaluated_frames(split)
+    if not indices:
+        raise HarnessError(f"split {split.name!r} has no frame with GT boxes: nothing to evaluate")
+    boxes, masks = new_accumulators(num_classes, cfg, split.read_mask is not None)
+    writer = None
+    for n, (i, score_map, logits) in enumerate(maps):
         frame = split.frames[i]
-        correct += int(int(np.argmax(logits)) == frame.label)
-        if frame.has_boxes:
-            acc.add(score_map, np.asarray(frame.boxes), frame.label, frame.id)
-    return {"corloc": acc.state_dict(), "cls_accuracy": 100.0 * correct / len(split), "frames": len(split)}
+        boxes.add(score_map, np.asarray(frame.boxes), frame.label, frame.id, logits)
+        if masks is not None:
+            masks.add(score_map, split.read_mask(i), frame.id)
+        if save_to is not None:
+            if writer is None:
+                writer = _MapWriter(save_to, len(indices), score_map.shape, num_classes)
+            writer.put(n, score_map, logits, frame.id)
+    if writer is not None:
+        writer.close()
+    return {
+        "boxes": boxes.state_dict(),
+        "masks": masks.state_dict() if masks is not None else None,
+        "frames": boxes.num_frames,
+    }
+
+
+def evaluate_split(method: Method, split: Split, num_classes: int, cfg, device, progress: bool = True,
+                   save_to: Path | None = None) -> dict:
+    return accumulate(iterate_maps(method, split, cfg, device, progress), split, num_classes, cfg, save_to)
+
+
+def logits_path(maps_path: Path) -> Path:
+    return Path(maps_path).with_suffix(".logits.npy")
+
+
+def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Maps (and class scores) written by :func:`accumulate`, as its input again."""
+    maps = np.load(path, mmap_mode="r")
+    scores = np.load(logits_path(path)) if logits_path(path).is_file() else None
+    indices = evaluated_frames(split)
+    if maps.shape[0] != len(indices):
+        raise HarnessError(
+            f"{path} holds {maps.shape[0]} maps but split {split.name!r} has {len(indices)} evaluated "
+            f"frames: the dataset changed since the run; re-evaluate from the checkpoints"
+        )
+    image_hw = split.image(indices[0]).shape[:2]
+    if maps.shape[1:] != image_hw:
+        raise HarnessError(
+            f"{path} holds {maps.shape[1]}x{maps.shape[2]} maps but frame {split.frames[indices[0]].id!r} "
+            f"is {image_hw[0]}x{image_hw[1]}: maps must have the frame's size"
+        )
+    for n, i in enumerate(indices):
+        yield i, np.asarray(maps[n]), (None if scores is None else scores[n])
+
+
+class _MapWriter:
+    """Streams maps into a ``.npy`` file (bounded memory) and renames it into place when
+    complete; class scores go beside it (written first, so complete maps imply scores)."""
+
+    def __init__(self, path: Path, n: int, shape: tuple[int, int], num_classes: int):
+        self.path = Path(path)
+        self._ctx = io.atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self.shape = shape
+        self.array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *shape))
+        self.logits = np.zeros((n, num_classes), dtype=np.float32)
+
+    def put(self, n: int, score_map: np.ndarray, logits: np.ndarray | None, frame_id: str) -> None:
+        if score_map.shape != self.shape:
+            raise HarnessError(
+                f"frame {frame_id!r}: map size {score_map.shape} differs from the split's first "
+                f"{self.shape}; maps of mixed sizes cannot be saved (set eval.save_maps='none')"
+            )
+        self.array[n] = score_map
+        if logits is not None:
+            self.logits[n] = logits
+
+    def close(self) -> None:
+        with io.atomic_path(logits_path(self.path)) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, self.logits)
+        self.array.flush()
+        del self.array
+        self._ctx.__exit__(None, None, None)

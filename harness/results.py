@@ -75,6 +75,52 @@ def class_table(record: dict) -> str:
     return tabulate(rows, headers=["CorLoc"] + classes + ["Avg"], tablefmt="github")
 
 
+# (label, key in a split's metrics, sub-key)
+_SUMMARY = [
+    ("CorLoc @tau", "corloc", None),
+    ("CorLoc, oracle tau on this split", "corloc_oracle", None),
+    ("BoxAcc@0.5 @tau (GT-known Loc)", "box_acc", "0.5"),
+    ("MaxBoxAcc@0.5", "max_box_acc", "0.5"),
+    ("MaxBoxAccV2", "max_box_acc_v2", None),
+    ("Top-1 Loc @tau", "top1_loc", None),
+    ("Top-5 Loc @tau", "top5_loc", None),
+    ("mean IoU @tau (x100)", "mean_iou", None),
+    ("CorLoc, Otsu per map", "otsu_corloc", None),
+    ("pointing game", "pointing_game", None),
+    ("PxAP", "pxap", None),
+    ("classification top-1", "cls_accuracy", None),
+]
+
+
+def metrics_table(record: dict) -> str:
+    """Every metric of the record, one row each, a column per split."""
+    splits = list(record["metrics"])
+    rows = []
+    for label, key, sub in _SUMMARY:
+        values = []
+        for split in splits:
+            v = record["metrics"][split].get(key)
+            if sub is not None and isinstance(v, dict):
+                v = v.get(sub)
+            if key == "mean_iou" and v is not None:
+                v = 100 * v
+            values.append(_fmt(v))
+        if any(v != "-" for v in values):
+            rows.append([label] + values)
+    return tabulate(rows, headers=["metric"] + splits, tablefmt="github")
+
+
+def protocol_table(records: list[dict]) -> str:
+    """One row per protocol for the same run (the realistic-protocol chapter's Table 4.2 layout)."""
+    rows = [[r["protocol"]["name"], r["protocol"]["supervision"], r["protocol"]["selection_split"],
+             r["protocol"]["threshold_source"], r["protocol"]["threshold_scope"], r["selection"]["epoch"],
+             _fmt_taus(r["selection"]["tau"]), _fmt(r["metrics"]["test"]["corloc"]),
+             _fmt(r["metrics"]["test"]["box_acc"].get("0.5"))] for r in records]
+    headers = ["protocol", "supervision", "select on", "tau from", "scope", "epoch", "tau",
+               "test CorLoc", "test BoxAcc@0.5"]
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
 def leaderboard_rows(records: list[dict]) -> list[list]:
     rows = []
     for r in records:

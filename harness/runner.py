@@ -21,8 +21,8 @@ from harness import config as config_mod
 from harness import io, results
 from harness.data.loader import train_loader
 from harness.errors import HarnessError
-from harness.evaluation import CorLocAccumulator, corloc_at, select_threshold, threshold_list
-from harness.inference import evaluate_split
+from harness.evalstore import EvalStore, check_eval_config, split_metrics
+from harness.evaluation import corloc_at, select_threshold, threshold_list
 from harness.protocol import Protocol
 from harness.registry import registry
 from harness.selection import check_supported, select
@@ -53,6 +53,7 @@ def prepare(
     cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config, overrides)
     cfg.method.name = method_entry.name  # aliases resolve to the registered name
     Protocol.from_config(cfg.protocol)  # fail now, not after training
+    check_eval_config(cfg)
     if run_root is not None:
         cfg.run.root = str(run_root)
     run_dir = _new_run_dir(Path(cfg.run.root), method_entry.name, cfg.protocol.name)
@@ -68,7 +69,8 @@ def _protocol_layer(protocol: str):
         if "protocol" not in layer:
             raise HarnessError(f"{path} defines no `protocol = dict(...)`")
         return {"protocol": layer["protocol"]}
-    return registry().get("protocol", protocol).config
+    entry = registry().get("protocol", protocol)
+    return {"protocol": config_mod.read_file(entry.config)["protocol"]}
 
 
 def _new_run_dir(root: Path, plugin: str, protocol: str) -> Path:
@@ -143,6 +145,13 @@ class Checkpoints:
                 found.append((int(m.group(1)), int(m.group(3))))
         return sorted(found)
 
+    def stage_name(self, stage_index: int) -> str:
+        for p in self.dir.glob(f"{stage_index}-*.pt"):
+            m = self._NAME.match(p.name)
+            if m:
+                return m.group(2)
+        raise HarnessError(f"no checkpoint of stage {stage_index} in {self.dir}")
+
     def load(self, stage_index: int, stage: str, epoch: int) -> dict:
         path = self.path(stage_index, stage, epoch)
         try:
@@ -199,6 +208,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     reg = registry()
     protocol = Protocol.from_config(cfg.protocol)
     check_supported(protocol)
+    check_eval_config(cfg)
     device = resolve_device(cfg.device)
     dataset = reg.get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
     seed_everything(cfg.seed)
@@ -206,44 +216,20 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     log.info("run %s: %s on %s (%s), device %s", run_dir.name, cfg.method.name, dataset.name, dataset.identity, device)
 
     ckpts = Checkpoints(run_dir)
-    evals = _EvalCache(run_dir, method, dataset, cfg, device, ckpts, progress)
-    resumed_from = _train(method, dataset, cfg, device, ckpts, evals, run_dir, progress, callbacks)
+    store = EvalStore(run_dir, cfg, dataset, method, ckpts, device, progress)
+    resumed_from = _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks)
 
     last = len(method.stages) - 1
     epochs = [e for s, e in ckpts.done() if s == last]
-    selection = select(protocol, epochs, evals.curves)
-    thresholds = threshold_list(cfg.eval.threshold_step)
-    metrics = {}
-    for split in ("val", "test"):
-        curves = evals.curves(split, selection.epoch)
-        at_tau = corloc_at(curves, selection.tau_index)
-        metrics[split] = {
-            "corloc": at_tau["mean"],
-            "corloc_per_class": at_tau["per_class"],
-            "corloc_oracle": corloc_at(curves, select_threshold(curves, "global"))["mean"],
-            "cls_accuracy": evals.record(split, selection.epoch)["cls_accuracy"],
-            "frames": evals.record(split, selection.epoch)["frames"],
-        }
+    selection, metrics = select_and_measure(cfg, protocol, store, epochs)
+    if cfg.eval.save_maps == "selected":
+        store.prune_maps(selection.epoch)
     record = {
         "run_id": run_dir.name,
         "plugin": cfg.method.name,
         "protocol": protocol.to_dict(),
-        "dataset": {
-            "name": dataset.name,
-            "kind": dataset.kind,
-            "identity": dataset.identity,
-            "classes": dataset.classes,
-            "splits": {k: len(s) for k, s in dataset.splits.items()},
-        },
-        "selection": {
-            "stage": method.stages[last].name,
-            "epoch": selection.epoch,
-            "epoch_chosen_by": f"{protocol.select_metric} with {protocol.supervision} on {protocol.selection_split}",
-            "epoch_scores": {str(e): s for e, s in selection.epoch_scores.items()},
-            "tau": selection.taus(thresholds),
-            "tau_scope": protocol.threshold_scope,
-            "tau_chosen_by": f"{protocol.select_metric} with {protocol.supervision} on {protocol.threshold_source}",
-        },
+        "dataset": dataset_summary(dataset),
+        "selection": selection_summary(selection, protocol, method.stages[last].name, cfg),
         "metrics": metrics,
         "seed": cfg.seed,
         "device": str(device),
@@ -259,7 +245,40 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     return record
 
 
-def _train(method, dataset, cfg, device, ckpts, evals, run_dir, progress, callbacks) -> str | None:
+def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[int]):
+    """The protocol's selection over ``epochs`` and every metric of val and test at it."""
+    selection = select(protocol, epochs, store.curves)
+    metrics = {
+        split: split_metrics(store.record(split, selection.epoch), selection.tau_index, cfg.eval.iou_threshold)
+        for split in ("val", "test")
+    }
+    return selection, metrics
+
+
+def dataset_summary(dataset) -> dict:
+    return {
+        "name": dataset.name,
+        "kind": dataset.kind,
+        "identity": dataset.identity,
+        "classes": dataset.classes,
+        "splits": {k: len(s) for k, s in dataset.splits.items()},
+    }
+
+
+def selection_summary(selection, protocol: Protocol, stage: str, cfg) -> dict:
+    chosen_by = f"{protocol.select_metric}@{cfg.eval.iou_threshold:g} with {protocol.supervision}"
+    return {
+        "stage": stage,
+        "epoch": selection.epoch,
+        "epoch_chosen_by": f"{chosen_by} on {protocol.selection_split}",
+        "epoch_scores": {str(e): s for e, s in selection.epoch_scores.items()},
+        "tau": selection.taus(threshold_list(cfg.eval.threshold_step)),
+        "tau_scope": protocol.threshold_scope,
+        "tau_chosen_by": f"{chosen_by} on {protocol.threshold_source}",
+    }
+
+
+def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks) -> str | None:
     """Train every stage from the last checkpoint on; return what the run resumed from."""
     done = ckpts.done()
     resume_at = done[-1] if done else None
@@ -299,10 +318,10 @@ def _train(method, dataset, cfg, device, ckpts, evals, run_dir, progress, callba
             })
             line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
             if si == len(stages) - 1:
-                val = evals.record("val", epoch, current=True)
-                curves = CorLocAccumulator.from_state_dict(val["corloc"]).curves()
+                store.record("val", epoch, current=True)
+                curves = store.curves("val", epoch)
                 line["val_corloc_best_tau"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
-                line["val_cls_accuracy"] = val["cls_accuracy"]
+                line["val_cls_accuracy"] = store.boxes("val", epoch).cls_accuracy()
             io.append_line(run_dir / "metrics.jsonl", json.dumps(line))
             log.info("%s epoch %d/%d: %s", stage.name, epoch, stage.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
@@ -338,44 +357,52 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress) -> dict:
     return {"loss": total / max(n, 1), **{f"train_{k}": v / max(n, 1) for k, v in extra.items()}}
 
 
-class _EvalCache:
-    """Evaluation records of (split, epoch) of the last stage, cached in ``evals/``.
+# ---------------------------------------------------------------- re-evaluation
 
-    A record is reused only if it was computed with the same evaluation settings."""
 
-    def __init__(self, run_dir, method, dataset, cfg, device, ckpts, progress):
-        self.dir = Path(run_dir) / "evals"
-        self.method, self.dataset, self.cfg = method, dataset, cfg
-        self.device, self.ckpts, self.progress = device, ckpts, progress
-        self.settings = {"eval": cfg.eval.to_dict(), "dataset": dataset.identity}
-        self._memo: dict[tuple[str, int], dict] = {}
+def reevaluate(run_dir: str | Path, protocol: str | None = None, overrides: dict | None = None,
+               device: str | None = None, progress: bool = True) -> dict:
+    """Select and measure a trained run again, under another protocol and/or other evaluation
+    settings (``eval.*`` overrides), without training: records are reused when their settings
+    match, else rebuilt from saved maps, else from the checkpoints. Writes
+    ``evaluations/<protocol>.json`` in the run directory and returns it."""
+    run_dir = Path(run_dir)
+    cfg = config_mod.load_run_config(run_dir)
+    overrides = dict(overrides or {})
+    bad = [k for k in overrides if not k.startswith("eval.")]
+    if bad:
+        raise HarnessError(f"harness eval only changes evaluation settings (eval.*); got {', '.join(bad)}")
+    config_mod.apply_overrides(cfg, overrides)
+    check_eval_config(cfg)
+    proto = Protocol.from_config(_protocol_layer(protocol)["protocol"] if protocol else cfg.protocol)
+    check_supported(proto)
+    ckpts = Checkpoints(run_dir)
+    done = ckpts.done()
+    if not done:
+        raise HarnessError(f"{run_dir} has no checkpoint: train it first (harness run --resume {run_dir})")
+    last = max(s for s, _ in done)
+    epochs = [e for s, e in done if s == last]
+    dev = resolve_device(device or cfg.device)
+    reg = registry()
+    dataset = reg.get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
 
-    def record(self, split: str, epoch: int, current: bool = False) -> dict:
-        """``current``: the method already holds that epoch's weights (no reload)."""
-        key = (split, epoch)
-        if key in self._memo:
-            return self._memo[key]
-        path = self.dir / f"{split}-epoch{epoch:03d}.json"
-        rec = None
-        if path.is_file():
-            try:
-                rec = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                rec = None
-            if rec is not None and rec.get("settings") != self.settings:
-                rec = None
-        if rec is None:
-            if not current:
-                last = len(self.method.stages) - 1
-                state = self.ckpts.load(last, self.method.stages[last].name, epoch)
-                self.method.load_state_dict(state["method"])
-            rec = evaluate_split(
-                self.method, self.dataset.split(split), self.dataset.num_classes, self.cfg, self.device, self.progress
-            )
-            rec["settings"] = self.settings
-            io.write_json(path, rec)
-        self._memo[key] = rec
-        return rec
+    def build_method():
+        return reg.get("method", cfg.method.name).factory(cfg, dataset.num_classes).to(dev)
 
-    def curves(self, split: str, epoch: int) -> np.ndarray:
-        return CorLocAccumulator.from_state_dict(self.record(split, epoch)["corloc"]).curves()
+    store = EvalStore(run_dir, cfg, dataset, build_method, ckpts, dev, progress)
+    selection, metrics = select_and_measure(cfg, proto, store, epochs)
+    stage = ckpts.stage_name(last)
+    record = {
+        "run_id": run_dir.name,
+        "plugin": cfg.method.name,
+        "protocol": proto.to_dict(),
+        "dataset": dataset_summary(dataset),
+        "selection": selection_summary(selection, proto, stage, cfg),
+        "metrics": metrics,
+        "eval": cfg.eval.to_dict(),
+        "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": results.provenance(),
+    }
+    io.write_json(run_dir / "evaluations" / f"{proto.name}.json", record)
+    return record

@@ -8,7 +8,7 @@ import torch
 from harness import runner
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.evaluation import CorLocAccumulator, corloc_at, threshold_list
+from harness.evaluation import BoxAccumulator, corloc_at, threshold_list
 
 from conftest import TINY_YTO
 
@@ -29,6 +29,7 @@ def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
     [run_dir] = tmp_path.glob("*-cam-gt-val")
     for name in ("config.py", "log.txt", "metrics.jsonl", "result.json"):
         assert (run_dir / name).is_file(), name
+    assert "MaxBoxAcc@0.5" in out and "PxAP" in out and "pointing game" in out
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "0-classifier-epoch001.pt", "0-classifier-epoch002.pt"]
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
@@ -48,8 +49,8 @@ def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
     assert sel["epoch"] == max(scores, key=lambda e: (scores[e], -e))
     val = json.loads((run_dir / "evals" / f"val-epoch{sel['epoch']:03d}.json").read_text())
     test = json.loads((run_dir / "evals" / f"test-epoch{sel['epoch']:03d}.json").read_text())
-    val_curves = CorLocAccumulator.from_state_dict(val["corloc"]).curves()
-    test_curves = CorLocAccumulator.from_state_dict(test["corloc"]).curves()
+    val_curves = BoxAccumulator.from_state_dict(val["boxes"]).curves(0.5)
+    test_curves = BoxAccumulator.from_state_dict(test["boxes"]).curves(0.5)
     thresholds = threshold_list(0.01)
     best = np.nanmean(val_curves, axis=0).max()
     tau_idx = int(np.round(sel["tau"][0] / 0.01))
@@ -169,8 +170,8 @@ def test_nan_maps_are_an_error_naming_the_frame(tmp_path):
             return Prediction(maps=maps, logits=torch.zeros(len(images), 10))
 
     cfg = Config({"loader": {"eval_batch_size": 8, "num_workers": 0}, "method": {"name": "nan"},
-                  "eval": {"threshold_step": 0.01, "iou_threshold": 0.5, "multi_contour": False,
-                           "interpolation": "bilinear"}})
+                  "eval": {"threshold_step": 0.01, "iou_thresholds": [0.5], "iou_threshold": 0.5,
+                           "multi_contour": False, "interpolation": "bilinear"}})
     split = ds.split("val")
     with pytest.raises(HarnessError, match=split.frames[1].id):
         evaluate_split(NanMethod(), split, 10, cfg, torch.device("cpu"), progress=False)
@@ -207,3 +208,38 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed["resumed_from"].startswith("classifier epoch ")
     assert resumed["metrics"] == ref["metrics"]
     assert resumed["selection"] == ref["selection"]
+
+
+@pytest.mark.slow
+def test_harness_eval_reuses_records_and_saved_maps(tmp_path, capsys):
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", TINY_YTO, tmp_path)
+    rec = runner.execute(run_dir, progress=False)
+    e = rec["selection"]["epoch"]
+    # eval.save_maps="selected": only the selected epoch's maps (and class scores) are kept.
+    assert sorted(p.name for p in (run_dir / "maps").iterdir()) == [
+        f"{s}-epoch{e:03d}{x}" for s in ("test", "val") for x in (".logits.npy", ".npy")]
+
+    same = runner.reevaluate(run_dir, progress=False)
+    assert same["evaluated_from"] == [] and same["metrics"] == rec["metrics"]
+
+    # Records of the selected epoch gone: rebuilt from the saved maps, to the same numbers.
+    for s in ("val", "test"):
+        (run_dir / "evals" / f"{s}-epoch{e:03d}.json").unlink()
+    rebuilt = runner.reevaluate(run_dir, progress=False)
+    assert {(d["split"], d["source"]) for d in rebuilt["evaluated_from"]} == {("val", "saved maps"), ("test", "saved maps")}
+    assert rebuilt["metrics"] == rec["metrics"]
+
+    # Other settings: the saved maps serve the selected epoch, the checkpoints the others.
+    multi = runner.reevaluate(run_dir, overrides={"eval.multi_contour": True}, progress=False)
+    sources = {(d["split"], d["epoch"]): d["source"] for d in multi["evaluated_from"]}
+    assert sources[("val", e)] == "saved maps"
+    assert all(src == "checkpoint" for (s, ep), src in sources.items() if ep != e)
+    assert multi["metrics"]["test"]["max_box_acc_v2"] is not None
+    assert rec["metrics"]["test"]["max_box_acc_v2"] is None
+    assert (run_dir / "evaluations" / "gt-val.json").is_file()
+
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run_dir), "--protocol", "all", "--no-progress"]) == 0
+    assert "gt-val" in capsys.readouterr().out
+    assert main(["eval", "--run", str(run_dir), "--cfg-options", "classifier.lr=1"]) == 2
+    assert "eval.*" in capsys.readouterr().err

@@ -30,7 +30,9 @@ loader = dict(
 
 eval = dict(
     threshold_step=0.001,  # CAM thresholds np.arange(0, 1, step): 1000 as in Choe et al.
-    iou_threshold=0.5,  # CorLoc / box accuracy IoU level (>=, as the reference code)
-    multi_contour=False,  # False: box of the largest contour; True: a box per contour
+    iou_thresholds=[0.3, 0.5, 0.7],  # IoU levels accumulated (MaxBoxAccV2 averages these)
+    iou_threshold=0.5,  # the level of CorLoc, Top-k Loc and of selection (>=, as the reference code)
+    multi_contour=False,  # False: box of the largest contour; True: a box per contour (MaxBoxAccV2)
     interpolation="bilinear",  # map upsampling to frame size: "bilinear" or "bicubic"
+    save_maps="selected",  # keep evaluated maps for `harness eval`: "none", "selected" epoch, "all"
 )
