@@ -43,6 +43,9 @@ class EvalStore:
         self._method = method
         self.settings = {"eval": cfg.eval.to_dict(), "dataset": dataset.identity}
         self._memo: dict[tuple[str, int], dict] = {}
+        # During a run every evaluated epoch's maps are written, and pruned to the selected
+        # epoch at the end under eval.save_maps="selected".
+        self.save_new_maps = cfg.eval.save_maps != "none"
         self.computed: list[tuple[str, int, str]] = []  # (split, epoch, source) of records built here
 
     @property
@@ -78,7 +81,7 @@ class EvalStore:
         if not current:
             last = len(method.stages) - 1
             method.load_state_dict(self.ckpts.load(last, method.stages[last].name, epoch)["method"])
-        save = maps if self.cfg.eval.save_maps != "none" else None
+        save = maps if self.save_new_maps else None
         self.computed.append((split_name, epoch, "checkpoint"))
         return evaluate_split(method, split, self.dataset.num_classes, self.cfg, self.device, self.progress, save)
 

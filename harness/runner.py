@@ -225,18 +225,11 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
     record = {
-        "run_id": run_dir.name,
-        "plugin": cfg.method.name,
-        "protocol": protocol.to_dict(),
-        "dataset": dataset_summary(dataset),
-        "selection": selection_summary(selection, protocol, method.stages[last].name, cfg),
-        "metrics": metrics,
+        **_record(run_dir, cfg, protocol, dataset, selection, method.stages[last].name, metrics),
         "seed": cfg.seed,
         "device": str(device),
         "resumed_from": resumed_from,
         "wall_time_s": round(time.time() - started, 2),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": results.provenance(),
         "config": cfg.to_dict(),
     }
     results.write_result(run_dir, record)
@@ -253,6 +246,20 @@ def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[i
         for split in ("val", "test")
     }
     return selection, metrics
+
+
+def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: str, metrics: dict) -> dict:
+    """The fields a run's result and a re-evaluation share."""
+    return {
+        "run_id": run_dir.name,
+        "plugin": cfg.method.name,
+        "protocol": protocol.to_dict(),
+        "dataset": dataset_summary(dataset),
+        "selection": selection_summary(selection, protocol, stage, cfg),
+        "metrics": metrics,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": results.provenance(),
+    }
 
 
 def dataset_summary(dataset) -> dict:
@@ -390,19 +397,12 @@ def reevaluate(run_dir: str | Path, protocol: str | None = None, overrides: dict
         return reg.get("method", cfg.method.name).factory(cfg, dataset.num_classes).to(dev)
 
     store = EvalStore(run_dir, cfg, dataset, build_method, ckpts, dev, progress)
+    store.save_new_maps = cfg.eval.save_maps == "all"  # a re-evaluation keeps the run's maps as they are
     selection, metrics = select_and_measure(cfg, proto, store, epochs)
-    stage = ckpts.stage_name(last)
     record = {
-        "run_id": run_dir.name,
-        "plugin": cfg.method.name,
-        "protocol": proto.to_dict(),
-        "dataset": dataset_summary(dataset),
-        "selection": selection_summary(selection, proto, stage, cfg),
-        "metrics": metrics,
+        **_record(run_dir, cfg, proto, dataset, selection, ckpts.stage_name(last), metrics),
         "eval": cfg.eval.to_dict(),
         "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": results.provenance(),
     }
     io.write_json(run_dir / "evaluations" / f"{proto.name}.json", record)
     return record

@@ -235,6 +235,7 @@ def test_harness_eval_reuses_records_and_saved_maps(tmp_path, capsys):
     assert sources[("val", e)] == "saved maps"
     assert all(src == "checkpoint" for (s, ep), src in sources.items() if ep != e)
     assert multi["metrics"]["test"]["max_box_acc_v2"] is not None
+    assert len(list((run_dir / "maps").iterdir())) == 4  # a re-evaluation leaves the run's maps alone
     assert rec["metrics"]["test"]["max_box_acc_v2"] is None
     assert (run_dir / "evaluations" / "gt-val.json").is_file()
 
