@@ -44,6 +44,11 @@ class Stage(ABC):
     def train_mode(self) -> None:
         """Put the modules of this stage in training mode (frozen parts stay in eval)."""
 
+    def cache_key(self) -> dict | None:
+        """What determines this stage's trained weights besides the dataset and the seed, when
+        they can be shared across runs and methods (None: never shared)."""
+        return None
+
 
 class Method(ABC):
     """Base class of method plugins. ``factory(cfg, num_classes)`` builds one."""
@@ -77,6 +82,9 @@ class Method(ABC):
     def state_dict(self) -> dict:
         return {name: m.state_dict() for name, m in self.modules().items()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """``strict=False`` loads the modules present in ``state`` and leaves the others (a
+        stage trained by another method carries only the modules it shares with this one)."""
         for name, module in self.modules().items():
-            module.load_state_dict(state[name])
+            if name in state or strict:
+                module.load_state_dict(state[name])

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from harness import __version__, io, results, stage_cache
 from harness import config as config_mod
-from harness import io, results
 from harness.data.loader import train_loader
 from harness.errors import HarnessError
 from harness.evalstore import EvalStore, check_eval_config, split_metrics
@@ -302,6 +302,14 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
     for si, stage in enumerate(stages):
         if resume_at is not None and si < resume_at[0]:
             continue
+        key, description = _shared_stage_key(stage, si, cfg, dataset)
+        not_started = resume_at is None or si > resume_at[0]
+        if not_started and key is not None and stage_cache.fetch(stage.name, key, si, stage.epochs, ckpts):
+            state = ckpts.load(si, stage.name, stage.epochs)
+            method.load_state_dict(state["method"], strict=False)
+            log.info("%s stage reused from the stage cache %s (same settings, data and seed): not retrained",
+                     stage.name, stage_cache.entry_dir(stage.name, key))
+            continue
         opt, sched = stage.optimizer()
         first = 1
         if resume_at is not None and si == resume_at[0]:
@@ -334,7 +342,25 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                      ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
             for cb in callbacks:
                 cb(stage.name, epoch)
+        if key is not None and stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
+            log.info("%s stage published to the stage cache for reuse by later runs", stage.name)
     return resumed_from
+
+
+def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None, dict]:
+    """The stage-cache key of a stage that can be shared, from everything its weights depend on."""
+    settings = stage.cache_key()
+    if settings is None:
+        return None, {}
+    description = {
+        "stage_index": stage_index,
+        "settings": settings,
+        "dataset": dataset.identity,
+        "seed": cfg.seed,
+        "loader_workers": cfg.loader.num_workers,  # augmentation randomness depends on it
+        "harness": __version__,
+    }
+    return stage_cache.stage_key({"stage": stage.name, **description}), description
 
 
 def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress) -> dict:

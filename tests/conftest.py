@@ -15,6 +15,7 @@ TINY_YTO = {
     "classifier.batch_size": 16,
     "classifier.feature_index": 1,
     "eval.threshold_step": 0.01,
+    "classifier.cache": False,  # tests of training itself must train; test_stage_cache.py covers reuse
 }
 
 

@@ -21,6 +21,7 @@ classifier = dict(
     lr_decay_epochs=8,  # multiply the lr by lr_decay every this many epochs
     lr_decay=0.1,
     augment=dict(hflip=True),
+    cache=True,  # share the trained classifier across runs and methods with the same settings
 )
 
 loader = dict(

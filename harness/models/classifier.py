@@ -108,3 +108,8 @@ class ClassifierStage(Stage):
 
     def train_mode(self) -> None:
         self.model.train()
+
+    def cache_key(self) -> dict | None:
+        if not self.cfg.get("cache", True):
+            return None
+        return {k: v for k, v in self.cfg.to_dict().items() if k != "cache"}
