@@ -43,7 +43,7 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
     """Yield ``(frame index, normalized map (H, W) float32, logits (C,))`` for the evaluated frames."""
     method.eval_mode()
     subset = _Subset(split, evaluated_frames(split))
-    loader = eval_loader(subset, cfg.loader.eval_batch_size, cfg.loader.num_workers)
+    loader = eval_loader(subset, cfg.loader.eval_batch_size, cfg.loader.num_workers, method.normalization)
     for batch in tqdm(loader, desc=f"eval {split.name}", leave=False, disable=not progress):
         images = batch["image"].to(device)
         labels = batch["label"].to(device)

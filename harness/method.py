@@ -58,6 +58,13 @@ class Method(ABC):
         self.num_classes = num_classes
 
     @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel (mean, std) the models expect their RGB input in [0, 1] normalized with."""
+        from harness.data.loader import IMAGENET
+
+        return IMAGENET
+
+    @property
     @abstractmethod
     def stages(self) -> list[Stage]:
         """Training stages in order; the last one produces the evaluated maps."""

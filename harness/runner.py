@@ -320,7 +320,7 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         for epoch in range(first, stage.epochs + 1):
             seed = epoch_seed(cfg.seed, si, epoch)
             seed_everything(seed)
-            stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress)
+            stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
@@ -363,9 +363,9 @@ def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None
     return stage_cache.stage_key({"stage": stage.name, **description}), description
 
 
-def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress) -> dict:
+def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normalization) -> dict:
     loader = train_loader(
-        split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip
+        split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization
     )
     stage.train_mode()
     total, n, extra = 0.0, 0, {}

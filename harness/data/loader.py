@@ -7,37 +7,41 @@ from torch.utils.data import DataLoader, Dataset
 
 from harness.data.base import Split
 
-# ImageNet statistics: every timm backbone the papers use was pretrained with them.
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# ImageNet statistics, what most backbones the papers use were pretrained with; a method
+# whose weights expect other ones says so (Method.normalization).
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
+def to_tensor(image: np.ndarray, normalization: Normalization = IMAGENET) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> normalized float (3, H, W)."""
-    x = (np.asarray(image, dtype=np.float32) / 255.0 - MEAN) / STD
+    mean, std = (np.asarray(v, dtype=np.float32) for v in normalization)
+    x = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 class FrameDataset(Dataset):
-    def __init__(self, split: Split, hflip: bool = False):
+    def __init__(self, split: Split, hflip: bool = False, normalization: Normalization = IMAGENET):
         self.split = split
         self.hflip = hflip
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
-        image = to_tensor(self.split.image(i))
+        image = to_tensor(self.split.image(i), self.normalization)
         if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded per epoch by the runner
             image = image.flip(-1)
         return {"image": image, "label": self.split.frames[i].label, "index": i}
 
 
-def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0, hflip: bool = False) -> DataLoader:
+def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0, hflip: bool = False,
+                 normalization: Normalization = IMAGENET) -> DataLoader:
     """Shuffled loader whose order depends only on ``seed`` (resumed runs see the same batches)."""
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(
-        FrameDataset(split, hflip=hflip),
+        FrameDataset(split, hflip=hflip, normalization=normalization),
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(split) > batch_size,  # a 1-frame last batch breaks BatchNorm
@@ -46,5 +50,7 @@ def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0,
     )
 
 
-def eval_loader(split: Split, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(FrameDataset(split), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+def eval_loader(split: Split, batch_size: int, num_workers: int = 0,
+                normalization: Normalization = IMAGENET) -> DataLoader:
+    return DataLoader(FrameDataset(split, normalization=normalization), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers)
