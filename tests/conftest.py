@@ -1,7 +1,14 @@
 """Shared fixtures: generated data goes to a per-session HARNESS_HOME, never the user cache."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Triton decides interpreter-or-compiler when its library functions are wrapped, at import.
+# Other tests import it indirectly (timm, torch), so the CPU kernel tests need the flag set
+# before anything else runs.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # A synth-yto small enough for end-to-end runs in seconds on 2 CPU cores.
 TINY_YTO = {

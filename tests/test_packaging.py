@@ -33,7 +33,7 @@ def test_wheel_has_no_generic_top_level_names(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"harness", next(t for t in tops if t.endswith(".dist-info"))}
-    assert "harness/plugins/cam_baselines/config.py" in names
+    assert "harness/plugins/cam_baselines/gradcam.py" in names
     assert "harness/protocols/gt_val.py" in names
     assert "harness/configs/base.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -1,16 +1,21 @@
-"""CAM (Zhou et al., CVPR 2016): the class's linear-head weights over the last feature map,
-M_c = sum_k w_ck A_k. No ReLU: min-max normalization follows, as in Choe et al."""
+"""CAM (Zhou et al., CVPR 2016): M_c = sum_k w_ck A_k, the linear head's class weights over the
+last feature map. No ReLU: min-max normalization follows, as in Choe et al. (and torchcam)."""
 from __future__ import annotations
 
-import torch
-
-from harness.cam import CamSource
+from harness.cam import CamSource, as_classes, weighted_sum
 
 
 class CAM(CamSource):
-    name = "cam"
+    """CAM: M_c = sum_k w_ck A_k, no ReLU (Zhou et al., "Learning Deep Features for Discriminative Localization", CVPR 2016)."""
 
-    def __call__(self, model, images, classes):
-        logits, feats = model(images)
+    name = "cam"
+    needs_grad = False
+    relu = False
+
+    # Both variants agree (torchcam's CAM has no ReLU either).
+
+    def raw(self, model, images, classes):
+        logits, feats = model(self.model_input(images))
+        classes = as_classes(classes, images.shape[0], logits.device)
         weights = model.head.weight[classes]  # (B, K)
-        return torch.einsum("bk,bkhw->bhw", weights, feats), logits
+        return weighted_sum(weights.to(feats.dtype), feats), logits

@@ -1,10 +1,9 @@
-"""A CAM baseline: train the classifier stage, then read maps from a CAM source by name."""
+"""A CAM baseline: train (or reuse) the classifier stage, then read maps from a CAM source."""
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
+from harness.errors import HarnessError
 from harness.method import Method, Prediction
 from harness.models.classifier import Classifier, ClassifierStage
 from harness.registry import registry
@@ -15,7 +14,12 @@ class CamMethod(Method):
         super().__init__(cfg, num_classes)
         c = cfg.classifier
         self.model = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
-        self.source = registry().get("cam_source", cfg.method.cam_source).factory()
+        options = dict(cfg.method.get("options", {}))
+        factory = registry().get("cam_source", cfg.method.cam_source).factory
+        try:
+            self.source = factory(**options)
+        except TypeError as exc:
+            raise HarnessError(f"method.options {options} do not fit CAM source {cfg.method.cam_source!r}: {exc}") from exc
         self._stages = [ClassifierStage(self.model, c)]
 
     @property
@@ -25,8 +29,12 @@ class CamMethod(Method):
     def modules(self):
         return {"classifier": self.model}
 
+    @property
+    def normalization(self):
+        return self.model.normalization
+
     def predict(self, images, classes):
-        grad = torch.enable_grad() if self.source.needs_grad else contextlib.nullcontext()
-        with grad:
+        # Evaluation runs under no_grad; gradient-based sources need autograd back on.
+        with torch.set_grad_enabled(self.source.needs_grad):
             maps, logits = self.source(self.model, images, classes)
         return Prediction(maps=maps.detach(), logits=logits.detach())
