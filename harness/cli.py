@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default="synth-yto", help="dataset (default: synth-yto)")
     run.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                      help="override config keys, e.g. classifier.epochs=3 eval.multi_contour=True")
+    run.add_argument("--config", action="append", default=[], metavar="FILE",
+                     help="experiment config file(s) layered after the presets, e.g. configs/papers/...; "
+                          "same keys and checks as --cfg-options")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     run.add_argument("--run-root", help="folder for run directories (default: config run.root = runs)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
@@ -90,7 +93,8 @@ def cmd_run(args) -> int:
     else:
         if not args.plugin:
             raise HarnessError("--plugin is required (see `harness list` for the methods)")
-        run_dir = runner.prepare(args.plugin, args.protocol, args.dataset, args.cfg_options, args.run_root, args.device)
+        run_dir = runner.prepare(args.plugin, args.protocol, args.dataset, args.cfg_options, args.run_root,
+                                 args.device, args.config)
     args._run_dir = run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     record = runner.execute(run_dir, progress=not args.no_progress)

@@ -68,6 +68,43 @@ def _deep_merge(a: Mapping, b: Mapping) -> dict:
     return out
 
 
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (lists and other values are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+PAPER_CONFIGS = Path(__file__).parent / "configs" / "papers"
+
+
+def resolve_config_file(name: str | Path) -> Path:
+    """A path, or the name of a shipped experiment file in harness/configs/papers/."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = PAPER_CONFIGS / f"{Path(name).stem}.py"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in PAPER_CONFIGS.glob("*.py") if not p.name.startswith("_"))
+    raise HarnessError(f"config file {name} does not exist (shipped experiment files: {', '.join(known)})")
+
+
+def apply_file(config: Config, path: str | Path) -> None:
+    """An experiment file (e.g. a paper's settings): its keys override like --cfg-options,
+    with the same checks (unknown keys and wrong types are errors naming the file)."""
+    path = resolve_config_file(path)
+    try:
+        apply_overrides(config, flatten(read_file(path)))
+    except HarnessError as exc:
+        raise HarnessError(f"{path}: {exc}") from exc
+
+
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> None:
     """Validate ``a.b.c=value`` overrides against ``config`` and apply them in place."""
     for dotted, value in overrides.items():

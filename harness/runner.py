@@ -41,8 +41,10 @@ def prepare(
     overrides: dict | None = None,
     run_root: str | Path | None = None,
     device: str | None = None,
+    config_files: list[str | Path] = (),
 ) -> Path:
-    """Compose the config of a new run and write it into a fresh run directory."""
+    """Compose the config of a new run and write it into a fresh run directory. Experiment
+    ``config_files`` apply after the presets and before ``overrides``."""
     reg = registry()
     method_entry = reg.get("method", plugin)
     protocol_layer = _protocol_layer(protocol)
@@ -50,7 +52,10 @@ def prepare(
     overrides = dict(overrides or {})
     if device is not None:
         overrides["device"] = device
-    cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config, overrides)
+    cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config)
+    for path in config_files:
+        config_mod.apply_file(cfg, path)
+    config_mod.apply_overrides(cfg, overrides)
     cfg.method.name = method_entry.name  # aliases resolve to the registered name
     Protocol.from_config(cfg.protocol)  # fail now, not after training
     check_eval_config(cfg)

@@ -77,3 +77,34 @@ def test_dump_and_reload_round_trip(tmp_path):
 def test_missing_run_config_is_a_clear_error(tmp_path):
     with pytest.raises(HarnessError, match="not a run directory"):
         config_mod.load_run_config(tmp_path)
+
+
+def test_experiment_files_layer_before_the_command_line(tmp_path):
+    from harness import runner
+
+    f = tmp_path / "exp.py"
+    f.write_text("classifier = dict(lr=0.2, epochs=7, augment=dict(hflip=False))\n")
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", {"classifier.epochs": 3}, tmp_path / "runs",
+                             config_files=[f])
+    cfg = config_mod.load_run_config(run_dir)
+    assert cfg.classifier.lr == 0.2 and cfg.classifier.augment.hflip is False
+    assert cfg.classifier.epochs == 3  # the command line wins
+
+
+def test_experiment_file_errors_name_the_file(tmp_path):
+    from harness import runner
+
+    f = tmp_path / "bad.py"
+    f.write_text("classifier = dict(lrr=0.2)\n")
+    with pytest.raises(HarnessError, match=r"bad\.py.*classifier\.lrr"):
+        runner.prepare("cam", "gt-val", "synth-yto", {}, tmp_path / "runs", config_files=[f])
+    with pytest.raises(HarnessError, match="colocam_ytov1_classifier"):
+        runner.prepare("cam", "gt-val", "synth-yto", {}, tmp_path / "runs", config_files=["nope"])
+
+
+def test_shipped_paper_configs_are_valid(tmp_path):
+    from harness import runner
+
+    for name in ("colocam_ytov1_classifier", "fcam_cub_cam_baseline"):
+        run_dir = runner.prepare("cam", "gt-val", "synth-yto", {}, tmp_path / "runs", config_files=[name])
+        assert config_mod.load_run_config(run_dir).classifier.backbone == "resnet50.tv_in1k-wsol"
