@@ -115,7 +115,7 @@ def split_metrics(record: dict, tau_index: np.ndarray, iou: float) -> dict:
     at = corloc_at(curves, tau_index)
     n = acc.num_frames
     rows = np.arange(acc.num_classes)
-    k = acc.iou_thresholds.index(iou)
+    k = acc.level_index(iou)
     one_tau = len(set(tau_index.tolist())) == 1
     t = int(tau_index[0])
     otsu = acc.otsu_curves()[:, k]

@@ -181,7 +181,8 @@ class BoxAccumulator:
 
     # ------------------------------------------------------------------ read-outs
 
-    def _k(self, iou: float) -> int:
+    def level_index(self, iou: float) -> int:
+        """Index of IoU level ``iou`` among the accumulated ones (error if it was not)."""
         for k, v in enumerate(self.iou_thresholds):
             if abs(v - iou) < 1e-9:
                 return k
@@ -190,12 +191,12 @@ class BoxAccumulator:
     def curves(self, iou: float = 0.5) -> np.ndarray:
         """Per-class accuracy in percent at IoU ``iou``, shape ``(C, T)``; an all-NaN row for a
         class without frames. CorLoc is the class mean of these."""
-        return _per_class_percent(self.correct[:, self._k(iou)], self.count)
+        return _per_class_percent(self.correct[:, self.level_index(iou)], self.count)
 
     def pooled_curve(self, iou: float = 0.5) -> np.ndarray:
         """Accuracy in percent over all frames pooled (no class mean), shape ``(T,)``: the
         ``BoxEvaluator`` curve of wsolevaluation (GT-known Loc per threshold)."""
-        return self.correct[:, self._k(iou)].sum(axis=0) * 100.0 / self._n()
+        return self.correct[:, self.level_index(iou)].sum(axis=0) * 100.0 / self._n()
 
     def top_k_curve(self, k: int, iou: float = 0.5) -> np.ndarray:
         """Top-1 / Top-5 Loc per threshold in percent (box right and class in the top k), pooled."""
@@ -203,7 +204,7 @@ class BoxAccumulator:
         n = int(self.cls_count.sum())
         if n == 0:
             raise HarnessError("Top-k Loc needs class scores: no frame was added with logits")
-        return counts[self._k(iou)] * 100.0 / n
+        return counts[self.level_index(iou)] * 100.0 / n
 
     def mean_iou_curve(self) -> np.ndarray:
         """Mean best IoU per threshold over all frames (not a percentage)."""
@@ -219,7 +220,7 @@ class BoxAccumulator:
         if not self.multi_contour:
             raise HarnessError("MaxBoxAccV2 is defined with every contour: accumulate with multi_contour=True")
         per = self.max_box_acc()
-        return float(np.mean([per[self.iou_thresholds[self._k(v)]] for v in DEFAULT_IOUS]))
+        return float(np.mean([per[self.iou_thresholds[self.level_index(v)]] for v in DEFAULT_IOUS]))
 
     def otsu_curves(self) -> np.ndarray:
         """Per-class accuracy in percent with each map's Otsu box, shape ``(C, K)`` (NaN rows
