@@ -246,3 +246,23 @@ def test_harness_eval_reuses_records_and_saved_maps(tmp_path, capsys):
     assert "gt-val" in capsys.readouterr().out
     assert main(["eval", "--run", str(run_dir), "--cfg-options", "classifier.lr=1"]) == 2
     assert "eval.*" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_threshold_on_test_is_an_oracle_over_the_same_candidates(tmp_path, capsys):
+    """On the same maps, choosing tau on test (or epoch and tau on test) never scores below
+    choosing it on val; per-class taus never below one global tau."""
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", {**TINY_YTO, "classifier.epochs": 3}, tmp_path)
+    runner.execute(run_dir, progress=False)
+    got = {name: runner.reevaluate(run_dir, name, progress=False)
+           for name in ("gt-val", "test-threshold", "test-threshold-per-class", "oracle")}
+    test = {name: rec["metrics"]["test"]["corloc"] for name, rec in got.items()}
+    assert got["test-threshold"]["selection"]["epoch"] == got["gt-val"]["selection"]["epoch"]
+    assert test["test-threshold"] >= test["gt-val"]
+    assert test["test-threshold-per-class"] >= test["test-threshold"]
+    assert test["oracle"] >= test["test-threshold"]
+    assert got["test-threshold"]["evaluated_from"] == []  # no new evaluation: same records
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run_dir), "--protocol", "all", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in got)
