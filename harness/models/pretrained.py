@@ -146,11 +146,7 @@ def load_state_dict_checked(
         )
 
     missing = [k for k in own if k not in state and not allowed(k)]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
+    shapes = _shape_mismatches(state, own)
     stray = [k for k in state if k not in own and _owned_by_leaf(k, owners)]
     if not set(own).intersection(state):
         raise HarnessError(
@@ -254,17 +250,22 @@ def map_efficientnet_lite0_keys(src: Mapping[str, torch.Tensor]) -> dict[str, to
     return out
 
 
+def _shape_mismatches(got: Mapping[str, torch.Tensor], want: Mapping[str, torch.Tensor]) -> list[str]:
+    """``"name (got shape) vs (wanted shape)"`` for every shared name whose shapes differ."""
+    return [
+        f"{k} {tuple(got[k].shape)} vs {tuple(want[k].shape)}"
+        for k in want
+        if k in got and got[k].shape != want[k].shape
+    ]
+
+
 def check_mapped_state_dict(
     mapped: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], source: str
 ) -> None:
     """Every reference tensor is filled, with the same shape, and no mapped tensor is left over."""
     missing = [k for k in reference if k not in mapped]
     leftover = [k for k in mapped if k not in reference]
-    shapes = [
-        f"{k} {tuple(mapped[k].shape)} vs {tuple(reference[k].shape)}"
-        for k in reference
-        if k in mapped and mapped[k].shape != reference[k].shape
-    ]
+    shapes = _shape_mismatches(mapped, reference)
     problems = []
     if missing:
         problems.append(f"{len(missing)} timm tensors get no value: {_few(missing)}")
