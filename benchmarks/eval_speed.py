@@ -10,7 +10,7 @@ boxes each, and computes every map's best IoU per threshold three ways:
     cv2.threshold, cv2.findContours, cv2.boundingRect for every contour (the largest
     cv2.contourArea only, in single-contour mode), then the IoU of every box with every GT box
     and the best box per threshold. No deduplication, no shortcut.
-(b) harness: harness.evaluation.component_tree.fast_best_iou_per_threshold (one
+(b) harness: harness.evaluation.best_iou_per_threshold (one
     component-tree pass per map for all 256 binarization levels).
 (c) OpenCV dedup: findContours once per distinct binarization (at most 256 per map), the
     implementation the harness used before the component tree (boxes._distinct_boxes).
@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from harness.evaluation.box_accuracy import BoxAccumulator  # noqa: E402
 from harness.evaluation.boxes import iou_matrix, normalize_map, threshold_list  # noqa: E402
-from harness.evaluation.component_tree import count_fallback_levels, fast_best_iou_per_threshold  # noqa: E402
+from harness.evaluation.box_accuracy import best_iou_per_threshold  # noqa: E402
+from harness.evaluation.component_tree import count_fallback_levels  # noqa: E402
 
 IOU_LEVELS = (0.3, 0.5, 0.7)
 
@@ -123,7 +124,7 @@ def dedup_path():
     """The OpenCV-per-distinct-binarization path the harness used before the component tree."""
     from harness.evaluation.boxes import _check_thresholds, _distinct_boxes, _quantize, check_boxes, check_map
 
-    def best_iou_per_threshold(score_map, gt_boxes, thresholds, multi_contour=False):
+    def dedup_best_iou(score_map, gt_boxes, thresholds, multi_contour=False):
         s = check_map(score_map)
         gt = check_boxes(gt_boxes, s.shape[1], s.shape[0], None)
         groups, index = _distinct_boxes(_quantize(s), _check_thresholds(thresholds), bool(multi_contour))
@@ -131,7 +132,7 @@ def dedup_path():
         best_per_box = iou_matrix(np.concatenate(groups), gt).max(axis=1)
         return np.maximum.reduceat(best_per_box, starts)[index]
 
-    return best_iou_per_threshold, "boxes._distinct_boxes + iou_matrix (the harness's first implementation)"
+    return dedup_best_iou, "boxes._distinct_boxes + iou_matrix (the harness's first implementation)"
 
 
 def run_evaluator(maps, thresholds, multi, repeat) -> tuple[dict[float, float], float, list[float]]:
@@ -183,7 +184,7 @@ def main(argv=None) -> int:
     # Warm-up: compiles the numba kernels, or loads them from the on-disk cache. Not timed.
     t0 = time.perf_counter()
     for multi in (True, False):
-        fast_best_iou_per_threshold(maps[0][0], maps[0][1], thresholds, multi)
+        best_iou_per_threshold(maps[0][0], maps[0][1], thresholds, multi)
     warm = time.perf_counter() - t0
 
     rows, checks = [], []
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
         results = {}
         t0 = time.perf_counter()
         results["naive"] = (np.stack([naive_best_iou(s, gt, thresholds, multi) for s, gt in maps]), time.perf_counter() - t0, None)
-        results["harness"] = run_path(fast_best_iou_per_threshold, maps, thresholds, multi, args.repeat)
+        results["harness"] = run_path(best_iou_per_threshold, maps, thresholds, multi, args.repeat)
         results["opencv dedup"] = run_path(dedup, maps, thresholds, multi, args.repeat)
         ref = results["naive"][0]
         metric = {}

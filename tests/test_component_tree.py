@@ -5,7 +5,7 @@ the reference (wsolevaluation's per-threshold findContours loop) gives at every 
 - hand-computed cases (a ring's hole box, nested components, border objects, empty maps...);
 - a seeded comparison on several hundred random maps of many kinds, every level 0..255 and
   both contour modes, against a per-level reference written out here with OpenCV;
-- fast_best_iou_per_threshold against the reference per-threshold path on 1000 thresholds.
+- best_iou_per_threshold against the reference per-threshold path on 1000 thresholds.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.evaluation.box_accuracy import best_iou_per_threshold
 from harness.evaluation.boxes import boxes_at_thresholds, iou_matrix, normalize_map, threshold_list
 from harness.evaluation.component_tree import (
     best_iou_at_thresholds,
     count_fallback_levels,
-    fast_best_iou_per_threshold,
     level_best_iou,
     threshold_cuts,
 )
@@ -350,7 +350,7 @@ def test_thresholds_map_to_levels_like_int_truncation():
         got = best_iou_at_thresholds(level_best_iou(q, gt, multi), q, gt, taus)
         assert got.tolist() == [whole, block, block, block, none, none]
         s = q / 255.0
-        assert np.array_equal(fast_best_iou_per_threshold(s, gt, taus, multi), ref_best_iou(s, gt, taus, multi))
+        assert np.array_equal(best_iou_per_threshold(s, gt, taus, multi), ref_best_iou(s, gt, taus, multi))
 
 
 def test_non_contiguous_input_and_repeat_calls():
@@ -404,7 +404,7 @@ def test_fast_best_iou_matches_reference_on_1000_thresholds(chunk):
         gt = random_gt(rng, *s.shape)
         for multi in (True, False):
             for th in (thresholds, odd):
-                got = fast_best_iou_per_threshold(s, gt, th, multi)
+                got = best_iou_per_threshold(s, gt, th, multi)
                 assert np.array_equal(got, ref_best_iou(s, gt, th, multi)), (seed, kind, multi, len(th))
 
 
@@ -413,7 +413,7 @@ def test_fast_best_iou_on_a_full_size_smooth_map():
     s = _smooth(rng, 224, 224, 0.05)
     gt = np.array([[40, 50, 150, 170], [0, 0, 30, 30]])
     for multi in (True, False):
-        got = fast_best_iou_per_threshold(s, gt, threshold_list(0.001), multi)
+        got = best_iou_per_threshold(s, gt, threshold_list(0.001), multi)
         assert np.array_equal(got, ref_best_iou(s, gt, threshold_list(0.001), multi))
 
 

@@ -58,7 +58,6 @@ import numpy as np
 
 __all__ = [
     "level_best_iou",
-    "fast_best_iou_per_threshold",
     "best_iou_at_thresholds",
     "threshold_cuts",
     "count_fallback_levels",
@@ -766,27 +765,3 @@ def best_iou_at_thresholds(levels: np.ndarray, q: np.ndarray, gt: np.ndarray, th
         h, w = np.shape(q)
         out[neg] = _iou_best(0, 0, w - 1, h - 1, np.ascontiguousarray(gt, dtype=np.int64))
     return out
-
-
-def fast_best_iou_per_threshold(
-    score_map: np.ndarray,
-    gt: np.ndarray,
-    thresholds: np.ndarray,
-    multi_contour: bool,
-    *,
-    frame_id: Any = None,
-) -> np.ndarray:
-    """For each threshold, the max IoU over (predicted boxes x GT boxes); shape ``(T,)``.
-
-    Equal (``==``) to the per-threshold reference loop (and to the OpenCV-per-binarization
-    implementation it replaces): the map is validated (:func:`~harness.evaluation.boxes.check_map`)
-    and quantized as ``uint8(floor(s * 255))``, the GT boxes validated against its size
-    (:func:`~harness.evaluation.boxes.check_boxes`), and each threshold read at its level
-    ``int(tau * max(q))`` of :func:`level_best_iou` (a negative level keeps every pixel).
-    """
-    from harness.evaluation.boxes import _check_thresholds, _quantize, check_boxes, check_map
-
-    s = check_map(score_map, frame_id)
-    g = check_boxes(gt, s.shape[1], s.shape[0], frame_id)
-    q = _quantize(s)
-    return best_iou_at_thresholds(level_best_iou(q, g, bool(multi_contour)), q, g, _check_thresholds(thresholds))
