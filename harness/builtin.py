@@ -51,3 +51,27 @@ def harness_register_protocols():
         proto = Protocol.from_config(read_file(path)["protocol"])
         entries.append(Entry(proto.name, None, f"{proto.description} [{proto.axes}]", config=path, aliases=proto.aliases))
     return entries
+
+
+@hookimpl
+def harness_register_annotators():
+    from harness.annotators.clip import DEFAULTS as CLIP
+    from harness.annotators.clip import ClipAnnotator
+    from harness.annotators.from_file import DEFAULTS as FILE
+    from harness.annotators.from_file import FileBoxes
+    from harness.annotators.noisy_gt import DEFAULTS as NOISY
+    from harness.annotators.noisy_gt import NoisyGt
+    from harness.annotators.proposals import CamPg, Rpn, cam_pg_defaults, rpn_defaults
+
+    def entry(cls, description, settings):
+        return Entry(cls.name, cls, description, config={"annotators": {cls.name: settings}})
+
+    return [
+        entry(CamPg, "Selective Search proposals, top 20% by classifier score, CAM pointing game, top classifier score",
+              cam_pg_defaults()),
+        entry(Rpn, "Faster R-CNN RPN proposals, top 20% by objectness, CAM pointing game, top classifier score",
+              rpn_defaults()),
+        entry(ClipAnnotator, "CLIP Grad-CAM for the class prompt, Otsu, box of the largest component", CLIP),
+        entry(FileBoxes, "boxes read from a file (localization.txt lines or JSON)", FILE),
+        entry(NoisyGt, "GT boxes perturbed (scale, shift, aspect) at a noise level", NOISY),
+    ]

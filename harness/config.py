@@ -34,10 +34,12 @@ def read_file(path: str | Path) -> dict:
 Layer = "str | Path | Mapping[str, Any] | None"
 
 
-def compose(method_config: Layer, protocol_config: Layer, dataset_config: Layer, overrides=None) -> Config:
-    """Each layer is a config file or a dict of sections."""
+def compose(method_config: Layer, protocol_config: Layer, dataset_config: Layer, overrides=None,
+            defaults: Layer = None) -> Config:
+    """Each layer is a config file or a dict of sections; ``defaults`` (e.g. every registered
+    annotator's settings) goes right over the base, under the plugin."""
     cfg = read_file(BASE_CONFIG)
-    for layer in (method_config, protocol_config, dataset_config):
+    for layer in (defaults, method_config, protocol_config, dataset_config):
         if layer is not None:
             cfg = merge(cfg, layer if isinstance(layer, Mapping) else read_file(layer))
     config = Config(cfg)

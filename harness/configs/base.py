@@ -41,3 +41,7 @@ eval = dict(
     interpolation="bilinear",  # map upsampling to frame size: "bilinear" or "bicubic"
     save_maps="selected",  # keep evaluated maps for `harness eval`: "none", "selected" epoch, "all"
 )
+
+# Pseudo-box annotators' settings (annotators.<name>.*), filled from each registered
+# annotator's defaults; a protocol with `pseudo:<name>` supervision reads its entry.
+annotators = dict()

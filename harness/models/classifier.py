@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.method import Stage
+from harness.method import Method, Prediction, Stage
 from harness.models.backbones import create_encoder
 
 
@@ -73,3 +73,30 @@ class ClassifierStage(Stage):
         if not self.cfg.get("cache", True):
             return None
         return {k: v for k, v in self.cfg.to_dict().items() if k != "cache"}
+
+
+class ClassifierMethod(Method):
+    """The classifier stage alone, its maps plain CAM; the CAM baselines change the map source,
+    a CAM-based annotator uses it as is. Checkpoints hold ``{"classifier": ...}``."""
+
+    def __init__(self, cfg, num_classes: int):
+        super().__init__(cfg, num_classes)
+        c = cfg.classifier
+        self.model = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
+        self._stages = [ClassifierStage(self.model, c)]
+
+    @property
+    def stages(self):
+        return self._stages
+
+    def modules(self):
+        return {"classifier": self.model}
+
+    @property
+    def normalization(self):
+        return self.model.normalization
+
+    def predict(self, images, classes):
+        logits, feats = self.model(images)
+        w = self.model.head.weight[classes]
+        return Prediction(maps=torch.einsum("bc,bchw->bhw", w, feats), logits=logits)

@@ -1,0 +1,35 @@
+"""The classifier a CAM-based annotator scores with: trained on the train split with class
+labels only, once, by the runner's own training loop (seeded, checkpointed, resumable) and
+through the stage cache, so it is the very classifier a CAM baseline with the same settings
+trains (and reuses)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mmengine.config import Config
+
+from harness.models.classifier import ClassifierMethod
+
+
+def trained_classifier(classifier: dict, seed: int, dataset, workdir: Path, device, progress: bool) -> ClassifierMethod:
+    """Train (or resume, or fetch from the stage cache) the classifier; return it in eval mode."""
+    from harness.runner import Checkpoints, _RunLog, _train
+
+    cfg = Config({"seed": int(seed), "loader": {"num_workers": 0}, "classifier": dict(classifier)})
+    workdir = Path(workdir) / "classifier"
+    workdir.mkdir(parents=True, exist_ok=True)
+    method = ClassifierMethod(cfg, dataset.num_classes).to(device)
+    ckpts = Checkpoints(workdir)
+    stage = method.stages[0]
+    last = ckpts.path(0, stage.name, stage.epochs)
+    if not last.is_file():
+        # Inside a run the run's own log already reaches the console.
+        run_log = _RunLog(workdir, console=not logging.getLogger("harness").handlers)
+        try:
+            _train(method, dataset, cfg, device, ckpts, None, workdir, progress, [])
+        finally:
+            run_log.close()
+    method.load_state_dict(ckpts.load(0, stage.name, stage.epochs)["method"])
+    method.eval_mode()
+    return method
