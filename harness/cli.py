@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         where = getattr(args, "_run_dir", None)
-        hint = f"; continue with: harness run --resume {where}" if where else ""
+        command = "sweep" if getattr(args, "func", None) is cmd_sweep else "run"
+        hint = f"; continue with: harness {command} --resume {where}" if where else ""
         print(f"harness: interrupted{hint}", file=sys.stderr)
         return 130
 
@@ -50,12 +51,33 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="re-evaluate a trained run (another protocol or eval settings), no training")
     ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory")
-    ev.add_argument("--protocol", help="protocol preset, protocol file, or 'all' (default: the run's own)")
+    ev.add_argument("--protocol", help="protocol preset or file; 'all': every preset, one row each; 'grid': the "
+                    "realistic-protocol chapter's Table 4.2 matrix (default: the run's own protocol)")
+    ev.add_argument("--annotators", help="with --protocol grid: pseudo-box annotators for the columns, "
+                    "comma-separated, e.g. cam-pg,noisy-gt")
     ev.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                     help="evaluation settings only, e.g. eval.multi_contour=True eval.threshold_step=0.01")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (for runs whose maps were not saved)")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=cmd_eval)
+
+    sw = sub.add_parser("sweep", help="train a grid (or random search) of configurations, select one by the protocol")
+    sw.add_argument("--plugin", help="method plugin (see `harness list`)")
+    sw.add_argument("--protocol", default="realistic", help="protocol preset or file (default: realistic)")
+    sw.add_argument("--dataset", default="synth-yto")
+    sw.add_argument("--grid", nargs="+", action=DictAction, default={}, metavar="KEY=V1,V2",
+                    help="values to try, Cartesian product, e.g. classifier.lr=0.01,0.05 classifier.epochs=5,10")
+    sw.add_argument("--space", nargs="+", action=DictAction, default={}, metavar="KEY=DIST",
+                    help="random search: loguniform:A:B, uniform:A:B, int:A:B or choice:X:Y, with --trials")
+    sw.add_argument("--trials", type=int, help="random-search draws (per grid point)")
+    sw.add_argument("--seed", type=int, default=0, help="random-search seed")
+    sw.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                    help="fixed overrides applied to every trial")
+    sw.add_argument("--config", action="append", default=[], metavar="FILE")
+    sw.add_argument("--run-root", help="folder for the sweep (default: config run.root = runs)")
+    sw.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep: finished trials are kept")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     lst = sub.add_parser("list", help="list registered methods, CAM sources, protocols, datasets")
     lst.set_defaults(func=cmd_list)
@@ -115,16 +137,29 @@ def _print_record(record: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from harness import results, runner
+    from harness import io, results, runner
     from harness.registry import registry
 
     run_dir = Path(args.run)
     if not (run_dir / "config.py").is_file():
         raise HarnessError(f"--run {run_dir}: not a run directory (no config.py)")
-    if args.protocol == "all":
-        records = [runner.reevaluate(run_dir, name, args.cfg_options, args.device, not args.no_progress)
-                   for name in registry().names("protocol")]
-        print(results.protocol_table(records))
+    if args.protocol in ("all", "grid"):
+        if args.protocol == "all":
+            protocols, out, table = registry().names("protocol"), "evaluations", results.protocol_table
+        else:
+            from harness.protocol import grid
+
+            names = [a for a in (args.annotators or "").split(",") if a]
+            for name in names:
+                registry().get("annotator", name)  # unknown names fail before any work
+            protocols, out = grid(names), "evaluations/grid"
+            table = results.protocol_grid_table
+        records = runner.reevaluate_many(run_dir, protocols, args.cfg_options, args.device, not args.no_progress,
+                                         out_dir=out)
+        text = table(records)
+        io.write_text(run_dir / out / "protocols.md", text + "\n")
+        print(text)
+        print(f"\nwritten: {run_dir / out}/")
         return 0
     record = runner.reevaluate(run_dir, args.protocol, args.cfg_options, args.device, not args.no_progress)
     _print_record(record)
@@ -134,6 +169,31 @@ def cmd_eval(args) -> int:
 
 def _taus(taus: list[float]) -> str:
     return f"{taus[0]:.3f}" if len(set(taus)) == 1 else ", ".join(f"{t:.3f}" for t in taus)
+
+
+def cmd_sweep(args) -> int:
+    from harness import sweep
+
+    if args.resume:
+        sweep_dir = Path(args.resume)
+        if not (sweep_dir / sweep.SPEC_FILE).is_file():
+            raise HarnessError(f"--resume {sweep_dir}: not a sweep directory (no {sweep.SPEC_FILE})")
+    else:
+        if not args.plugin:
+            raise HarnessError("--plugin is required (see `harness list` for the methods)")
+        grid = {k: (v if isinstance(v, list) else [v]) for k, v in args.grid.items()}
+        spec = sweep.SweepSpec(args.plugin, args.protocol, args.dataset, grid, dict(args.space), args.trials,
+                               args.seed, dict(args.cfg_options), list(args.config))
+        sweep_dir = sweep.create(spec, args.run_root)
+        print(f"sweep directory: {sweep_dir}")
+    args._run_dir = sweep_dir
+    record = sweep.execute(sweep_dir, progress=not args.no_progress)
+    print(sweep.trials_table(record))
+    c = record["configuration"]
+    print(f"\nselected trial {c['trial']} ({c['overrides']}): {record['configuration_chosen_by']}; "
+          f"test CorLoc {record['metrics']['test']['corloc']:.1f}")
+    print(f"result: {sweep_dir / 'result.json'}")
+    return 0
 
 
 def cmd_list(args) -> int:

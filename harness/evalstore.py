@@ -47,6 +47,8 @@ class EvalStore:
         # epoch at the end under eval.save_maps="selected".
         self.save_new_maps = cfg.eval.save_maps != "none"
         self.computed: list[tuple[str, int, str]] = []  # (split, epoch, source) of records built here
+        self._pseudo: dict = {}
+        self.default_targets: dict[str, set[str]] = {}
 
     @property
     def method(self) -> Method:
@@ -57,40 +59,78 @@ class EvalStore:
     def maps_path(self, split: str, epoch: int) -> Path:
         return self.run_dir / "maps" / f"{split}-epoch{epoch:03d}.npy"
 
-    def record(self, split: str, epoch: int, current: bool = False) -> dict:
-        """``current``: the method already holds that epoch's weights (no reload)."""
+    # ---------------------------------------------------------------- pseudo-box targets
+
+    def pseudo(self, split: str, annotator: str):
+        """The pseudo-boxes of ``annotator`` on ``split`` under this run's annotator settings
+        (``annotators.<name>``, else the annotator's defaults); cached on disk."""
+        from harness.annotators.base import pseudo_boxes
+
+        key = (split, annotator)
+        if key not in self._pseudo:
+            section = self.cfg.get("annotators", {}) or {}
+            settings = section.get(annotator)
+            settings = settings.to_dict() if hasattr(settings, "to_dict") else settings
+            self._pseudo[key] = pseudo_boxes(annotator, settings, self.dataset, split, self.device, self.progress)
+        return self._pseudo[key]
+
+    def need(self, split: str, target: str) -> None:
+        """Score ``split`` against ``target`` (an annotator name) whenever it is evaluated,
+        e.g. the selection split under a pseudo-box protocol, during training."""
+        if target != "gt":
+            self.pseudo(split, target)  # annotate now, before any training
+            self.default_targets.setdefault(split, set()).add(target)
+
+    # ---------------------------------------------------------------- records
+
+    def record(self, split: str, epoch: int, current: bool = False, targets=()) -> dict:
+        """``current``: the method already holds that epoch's weights (no reload). ``targets``:
+        annotators whose pseudo-boxes the record must also be scored against."""
+        wanted = set(targets) | self.default_targets.get(split, set())
+        wanted.discard("gt")
         key = (split, epoch)
-        if key in self._memo:
-            return self._memo[key]
+        rec = self._memo.get(key)
         path = self.run_dir / "evals" / f"{split}-epoch{epoch:03d}.json"
-        rec = _read(path)
-        if rec is None or rec.get("settings") != self.settings:
-            rec = self._compute(split, epoch, current)
+        if rec is None:
+            rec = _read(path)
+            if rec is not None and rec.get("settings") != self.settings:
+                rec = None
+        missing = {t for t in wanted if rec is None or
+                   (rec.get("targets") or {}).get(t, {}).get("key") != self.pseudo(split, t).key}
+        if rec is None or missing:
+            new = self._compute(split, epoch, current, {t: self.pseudo(split, t) for t in missing})
+            if rec is not None:  # keep what was valid, add the new targets
+                new["targets"] = {**(rec.get("targets") or {}), **new["targets"]}
+            rec = new
             rec["settings"] = self.settings
             io.write_json(path, rec)
         self._memo[key] = rec
         return rec
 
-    def _compute(self, split_name: str, epoch: int, current: bool) -> dict:
+    def _compute(self, split_name: str, epoch: int, current: bool, targets: dict) -> dict:
         split = self.dataset.split(split_name)
         maps = self.maps_path(split_name, epoch)
         if maps.is_file():
             self.computed.append((split_name, epoch, "saved maps"))
-            return accumulate(saved_maps(maps, split), split, self.dataset.num_classes, self.cfg)
+            return accumulate(saved_maps(maps, split), split, self.dataset.num_classes, self.cfg, targets=targets)
         method = self.method
         if not current:
             last = len(method.stages) - 1
             method.load_state_dict(self.ckpts.load(last, method.stages[last].name, epoch)["method"])
         save = maps if self.save_new_maps else None
         self.computed.append((split_name, epoch, "checkpoint"))
-        return evaluate_split(method, split, self.dataset.num_classes, self.cfg, self.device, self.progress, save)
+        return evaluate_split(method, split, self.dataset.num_classes, self.cfg, self.device, self.progress, save,
+                              targets)
 
-    def boxes(self, split: str, epoch: int) -> BoxAccumulator:
-        return BoxAccumulator.from_state_dict(self.record(split, epoch)["boxes"])
+    def boxes(self, split: str, epoch: int, target: str = "gt") -> BoxAccumulator:
+        """The box counts of a (split, epoch) against GT (``target="gt"``) or an annotator's boxes."""
+        rec = self.record(split, epoch, targets=(target,))
+        state = rec["boxes"] if target == "gt" else rec["targets"][target]["boxes"]
+        return BoxAccumulator.from_state_dict(state)
 
-    def curves(self, split: str, epoch: int) -> np.ndarray:
+    def curves(self, split: str, epoch: int, target: str = "gt") -> np.ndarray:
         """Per-class CorLoc curves at the protocol's IoU level, (C, T)."""
-        return self.boxes(split, epoch).curves(self.cfg.eval.iou_threshold)
+        return self.boxes(split, epoch, target).curves(self.cfg.eval.iou_threshold)
 
     def prune_maps(self, keep_epoch: int) -> None:
         """``eval.save_maps='selected'``: drop the maps of the epochs not selected."""
@@ -108,35 +148,50 @@ def _read(path: Path) -> dict | None:
         return None  # a damaged cache entry is recomputed, never trusted
 
 
-def split_metrics(record: dict, tau_index: np.ndarray, iou: float) -> dict:
-    """Every metric of one split's record at the selected threshold index(es)."""
-    acc = BoxAccumulator.from_state_dict(record["boxes"])
+def split_metrics(record: dict, tau_index: np.ndarray | None, iou: float, target: str = "gt") -> dict:
+    """Every metric of one split's record at the selected threshold index(es), or with each
+    map's Otsu box when ``tau_index`` is None. ``target``: score against GT or an annotator's
+    pseudo-boxes."""
+    acc = BoxAccumulator.from_state_dict(record["boxes"] if target == "gt" else record["targets"][target]["boxes"])
     curves = acc.curves(iou)
-    at = corloc_at(curves, tau_index)
     n = acc.num_frames
-    rows = np.arange(acc.num_classes)
     k = acc.level_index(iou)
-    one_tau = len(set(tau_index.tolist())) == 1
-    t = int(tau_index[0])
-    otsu = acc.otsu_curves()[:, k]
     m = {
-        "corloc": at["mean"],
-        "corloc_per_class": at["per_class"],
         "corloc_oracle": corloc_at(curves, select_threshold(curves, "global"))["mean"],
-        "box_acc": {f"{v:g}": float(acc.correct[rows, j, tau_index].sum() * 100.0 / n)
-                    for j, v in enumerate(acc.iou_thresholds)},
-        "mean_iou": float(acc.iou_sum[rows, tau_index].sum() / n),
         "max_box_acc": {f"{v:g}": s for v, s in acc.max_box_acc().items()},
         "max_box_acc_v2": acc.max_box_acc_v2() if acc.multi_contour else None,
-        "top1_loc": float(acc.top_k_curve(1, iou)[t]) if one_tau and acc.cls_count.sum() else None,
-        "top5_loc": float(acc.top_k_curve(5, iou)[t]) if one_tau and acc.cls_count.sum() else None,
         "cls_accuracy": acc.cls_accuracy(1) if acc.cls_count.sum() else None,
         "cls_top5": acc.cls_accuracy(5) if acc.cls_count.sum() else None,
         "pointing_game": acc.pointing_game(),
-        "otsu_corloc": float(np.nanmean(otsu)),
+        "otsu_corloc": float(np.nanmean(acc.otsu_curves()[:, k])),
         "otsu_mean_iou": acc.otsu_mean_iou(),
         "frames": n,
     }
-    if record.get("masks"):
+    if tau_index is None:  # boxes from each map's own Otsu threshold
+        otsu = acc.otsu_curves()
+        per_class = [None if np.isnan(v) else float(v) for v in otsu[:, k]]
+        m.update({
+            "corloc": float(np.nanmean(otsu[:, k])),
+            "corloc_per_class": per_class,
+            "box_acc": {f"{v:g}": float(acc.otsu_correct[:, j].sum() * 100.0 / n) for j, v in enumerate(acc.iou_thresholds)},
+            "mean_iou": acc.otsu_mean_iou(),
+            "top1_loc": None,
+            "top5_loc": None,
+        })
+    else:
+        at = corloc_at(curves, tau_index)
+        rows = np.arange(acc.num_classes)
+        one_tau = len(set(tau_index.tolist())) == 1
+        t = int(tau_index[0])
+        m.update({
+            "corloc": at["mean"],
+            "corloc_per_class": at["per_class"],
+            "box_acc": {f"{v:g}": float(acc.correct[rows, j, tau_index].sum() * 100.0 / n)
+                        for j, v in enumerate(acc.iou_thresholds)},
+            "mean_iou": float(acc.iou_sum[rows, tau_index].sum() / n),
+            "top1_loc": float(acc.top_k_curve(1, iou)[t]) if one_tau and acc.cls_count.sum() else None,
+            "top5_loc": float(acc.top_k_curve(5, iou)[t]) if one_tau and acc.cls_count.sum() else None,
+        })
+    if record.get("masks") and target == "gt":
         m["pxap"] = MaskAccumulator.from_state_dict(record["masks"]).pxap()
     return m

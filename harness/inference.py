@@ -7,7 +7,7 @@ like, and maps saved to disk re-evaluate to exactly the same numbers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -82,17 +82,25 @@ def accumulate(
     num_classes: int,
     cfg,
     save_to: Path | None = None,
+    targets: Mapping[str, object] | None = None,
 ) -> dict:
     """Evaluation record of a split from ``(frame index, map, logits)``; ``save_to`` keeps the
-    maps (``.npy``, float32, in evaluated-frame order) for re-evaluation without the model."""
+    maps (``.npy``, float32, in evaluated-frame order) for re-evaluation without the model.
+
+    ``targets`` maps an annotator name to its :class:`PseudoBoxes`: the same maps are also
+    scored against those boxes, in ``record["targets"][name]``."""
     indices = evaluated_frames(split)
     if not indices:
         raise HarnessError(f"split {split.name!r} has no frame with GT boxes: nothing to evaluate")
     boxes, masks = new_accumulators(num_classes, cfg, split.read_mask is not None)
+    targets = dict(targets or {})
+    pseudo = {name: new_accumulators(num_classes, cfg, False)[0] for name in targets}
     writer = None
     for n, (i, score_map, logits) in enumerate(maps):
         frame = split.frames[i]
         boxes.add(score_map, np.asarray(frame.boxes), frame.label, frame.id, logits)
+        for name, acc in pseudo.items():
+            acc.add(score_map, targets[name].for_frame(frame.id), frame.label, frame.id, logits)
         if masks is not None:
             masks.add(score_map, split.read_mask(i), frame.id)
         if save_to is not None:
@@ -104,13 +112,14 @@ def accumulate(
     return {
         "boxes": boxes.state_dict(),
         "masks": masks.state_dict() if masks is not None else None,
+        "targets": {name: {"key": targets[name].key, "boxes": acc.state_dict()} for name, acc in pseudo.items()},
         "frames": boxes.num_frames,
     }
 
 
 def evaluate_split(method: Method, split: Split, num_classes: int, cfg, device, progress: bool = True,
-                   save_to: Path | None = None) -> dict:
-    return accumulate(iterate_maps(method, split, cfg, device, progress), split, num_classes, cfg, save_to)
+                   save_to: Path | None = None, targets: Mapping[str, object] | None = None) -> dict:
+    return accumulate(iterate_maps(method, split, cfg, device, progress), split, num_classes, cfg, save_to, targets)
 
 
 def logits_path(maps_path: Path) -> Path:

@@ -16,7 +16,7 @@ _CHOICES = {
     "selection_split": ("val", "test"),
     "threshold_source": ("val", "test", "otsu"),
     "threshold_scope": ("global", "per-class"),
-    "select_metric": ("corloc",),
+    "select_metric": ("corloc", "mean_iou"),
 }
 
 
@@ -56,16 +56,51 @@ class Protocol:
                 raise HarnessError(
                     f"protocol {self.name!r}: {key}={value!r} is not one of {', '.join(choices)}"
                 )
+        if self.supervision == "cls" and self.threshold_source == "val":
+            raise HarnessError(
+                f"protocol {self.name!r}: supervision 'cls' has no boxes on val to choose a threshold with; use "
+                f"threshold_source='otsu' (CL-BV-OT) or 'test' (the test GT's oracle threshold)"
+            )
+        if self.threshold_source == "otsu" and self.threshold_scope != "global":
+            raise HarnessError(f"protocol {self.name!r}: Otsu thresholds each map; threshold_scope must be 'global'")
 
     @property
     def axes(self) -> str:
         """One-line summary, e.g. ``gt | select on val | tau from val, global``."""
-        return (
-            f"{self.supervision} | select on {self.selection_split} | "
+        tau = "tau: Otsu per map" if self.threshold_source == "otsu" else \
             f"tau from {self.threshold_source}, {self.threshold_scope}"
-        )
+        return f"{self.supervision} | select on {self.selection_split} | {tau}"
+
+    @property
+    def code(self) -> str:
+        """The chapter's setting code: BV/BT (selection split) - VT/TT/OT (threshold source),
+        prefixed CL- under class-label selection, e.g. ``BV-VT``, ``CL-BV-OT``."""
+        sel = {"val": "BV", "test": "BT"}[self.selection_split]
+        thr = {"val": "VT", "test": "TT", "otsu": "OT"}[self.threshold_source]
+        return ("CL-" if self.supervision == "cls" else "") + f"{sel}-{thr}"
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["aliases"] = list(self.aliases)
         return d
+
+
+GRID_CODES = ("BT-TT", "BT-VT", "BV-TT", "BV-VT", "BT-OT", "BV-OT")
+
+
+def grid(annotators: list[str], select_metric: str = "corloc") -> list[Protocol]:
+    """Every (selection split x threshold source) x supervision of the chapter's Table 4.2,
+    supervision being class labels, GT boxes, or each annotator's pseudo-boxes; combinations
+    without meaning (class labels cannot choose a threshold on val) are left out."""
+    out = []
+    for sup in ["cls", "gt", *[f"pseudo:{a}" for a in annotators]]:
+        for code in GRID_CODES:
+            sel, thr = code.split("-")
+            split = {"BT": "test", "BV": "val"}[sel]
+            source = {"TT": "test", "VT": "val", "OT": "otsu"}[thr]
+            if sup == "cls" and source == "val":
+                continue
+            name = f"{code}.{sup.removeprefix('pseudo:')}"
+            out.append(Protocol(name, f"grid cell {code} with {sup} supervision", sup, split, source, "global",
+                                select_metric))
+    return out

@@ -112,13 +112,35 @@ def metrics_table(record: dict) -> str:
 
 def protocol_table(records: list[dict]) -> str:
     """One row per protocol for the same run (the realistic-protocol chapter's Table 4.2 layout)."""
-    rows = [[r["protocol"]["name"], r["protocol"]["supervision"], r["protocol"]["selection_split"],
-             r["protocol"]["threshold_source"], r["protocol"]["threshold_scope"], r["selection"]["epoch"],
-             _fmt_taus(r["selection"]["tau"]), _fmt(r["metrics"]["test"]["corloc"]),
-             _fmt(r["metrics"]["test"]["box_acc"].get("0.5"))] for r in records]
-    headers = ["protocol", "supervision", "select on", "tau from", "scope", "epoch", "tau",
-               "test CorLoc", "test BoxAcc@0.5"]
+    from harness.protocol import Protocol
+
+    rows = []
+    for r in records:
+        p, sel, test = r["protocol"], r["selection"], r["metrics"]["test"]
+        rows.append([p["name"], Protocol.from_config(p).code, p["supervision"], sel["epoch"], _fmt_taus(sel["tau"]),
+                     _fmt(test["corloc"]), _fmt(test["box_acc"].get("0.5")), _fmt(100 * test["mean_iou"]),
+                     _fmt(test.get("cls_accuracy"))])
+    headers = ["protocol", "setting", "supervision", "epoch", "tau", "test CorLoc", "test BoxAcc@0.5",
+               "test mean IoU", "test cls acc"]
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def protocol_grid_table(records: list[dict], metric: str = "corloc") -> str:
+    """The chapter's Table 4.2 matrix: rows BT/BV x TT/VT/OT, a column per supervision
+    (class labels, GT, each annotator), test ``metric`` in each cell ("-" where undefined)."""
+    from harness.protocol import GRID_CODES, Protocol
+
+    columns, cells = [], {}
+    for r in records:
+        p = r["protocol"]
+        sup = p["supervision"].removeprefix("pseudo:")
+        if sup not in columns:
+            columns.append(sup)
+        code = Protocol.from_config(p).code.removeprefix("CL-")
+        value = r["metrics"]["test"][metric]
+        cells[code, sup] = 100 * value if metric == "mean_iou" else value
+    rows = [[code, *[_fmt(cells.get((code, c))) for c in columns]] for code in GRID_CODES]
+    return tabulate(rows, headers=["select", *columns], tablefmt="github")
 
 
 def leaderboard_rows(records: list[dict]) -> list[list]:
@@ -153,6 +175,8 @@ def _fmt(v) -> str:
 
 
 def _fmt_taus(taus) -> str:
+    if taus is None:
+        return "Otsu"
     if isinstance(taus, list):
         return f"{taus[0]:.3f}" if len(set(taus)) == 1 else "per-class"
     return f"{taus:.3f}"

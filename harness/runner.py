@@ -25,7 +25,7 @@ from harness.evalstore import EvalStore, check_eval_config, split_metrics
 from harness.evaluation import corloc_at, select_threshold, threshold_list
 from harness.protocol import Protocol
 from harness.registry import registry
-from harness.selection import check_supported, select
+from harness.selection import needs, select, supervision_target
 
 log = logging.getLogger("harness")
 Callback = Callable[[str, int], None]
@@ -52,7 +52,8 @@ def prepare(
     overrides = dict(overrides or {})
     if device is not None:
         overrides["device"] = device
-    cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config)
+    cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config,
+                             defaults=annotator_defaults())
     for path in config_files:
         config_mod.apply_file(cfg, path)
     config_mod.apply_overrides(cfg, overrides)
@@ -64,6 +65,15 @@ def prepare(
     run_dir = _new_run_dir(Path(cfg.run.root), method_entry.name, cfg.protocol.name)
     io.write_text(run_dir / "config.py", config_mod.dump_text(cfg))
     return run_dir
+
+
+def annotator_defaults() -> dict:
+    """Every registered annotator's settings, so a run's config names the settings of the
+    pseudo-boxes it is (or later may be) selected with, and ``--cfg-options annotators.*``
+    can change them."""
+    from harness.annotators.base import default_settings
+
+    return {"annotators": {name: default_settings(name) for name in registry().names("annotator")}}
 
 
 def _protocol_layer(protocol: str):
@@ -174,8 +184,8 @@ class Checkpoints:
 class _RunLog:
     """Log to ``log.txt`` in the run directory and to the console above the progress bars."""
 
-    def __init__(self, run_dir: Path):
-        self.handlers = [logging.FileHandler(run_dir / "log.txt"), _TqdmHandler()]
+    def __init__(self, run_dir: Path, console: bool = True):
+        self.handlers = [logging.FileHandler(run_dir / "log.txt")] + ([_TqdmHandler()] if console else [])
         fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
         for h in self.handlers:
             h.setFormatter(fmt)
@@ -212,7 +222,6 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     started = time.time()
     reg = registry()
     protocol = Protocol.from_config(cfg.protocol)
-    check_supported(protocol)
     check_eval_config(cfg)
     device = resolve_device(cfg.device)
     dataset = reg.get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
@@ -222,6 +231,8 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
 
     ckpts = Checkpoints(run_dir)
     store = EvalStore(run_dir, cfg, dataset, method, ckpts, device, progress)
+    for split, target in needs(protocol):
+        store.need(split, target)  # pseudo-boxes exist before training, as in the chapter
     resumed_from = _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks)
 
     last = len(method.stages) - 1
@@ -230,7 +241,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
     record = {
-        **_record(run_dir, cfg, protocol, dataset, selection, method.stages[last].name, metrics),
+        **_record(run_dir, cfg, protocol, dataset, selection, method.stages[last].name, metrics, store),
         "seed": cfg.seed,
         "device": str(device),
         "resumed_from": resumed_from,
@@ -239,21 +250,40 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     }
     results.write_result(run_dir, record)
     results.write_leaderboard(run_dir.parent)
-    log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch, record["selection"]["tau"][0], metrics["test"]["corloc"])
+    tau = record["selection"]["tau"]
+    log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
+             "Otsu per map" if tau is None else f"{tau[0]:.3f}", metrics["test"]["corloc"])
     return record
 
 
 def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[int]):
-    """The protocol's selection over ``epochs`` and every metric of val and test at it."""
-    selection = select(protocol, epochs, store.curves)
+    """The protocol's selection over ``epochs`` and every metric of val and test at it (and,
+    under pseudo-box supervision, of the selection split against the pseudo-boxes)."""
+    iou = cfg.eval.iou_threshold
+    selection = select(protocol, epochs, store.boxes, iou)
     metrics = {
-        split: split_metrics(store.record(split, selection.epoch), selection.tau_index, cfg.eval.iou_threshold)
+        split: split_metrics(store.record(split, selection.epoch), selection.tau_index, iou)
         for split in ("val", "test")
     }
+    target = supervision_target(protocol)
+    if target not in ("gt", "cls"):
+        split = protocol.selection_split
+        rec = store.record(split, selection.epoch, targets=(target,))
+        metrics[f"{split}@{target}"] = split_metrics(rec, selection.tau_index, iou, target)
     return selection, metrics
 
 
-def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: str, metrics: dict) -> dict:
+def pseudo_box_summary(store: EvalStore) -> dict:
+    """Every annotator the run's selection read: its cache key, settings and quality on GT."""
+    out: dict = {}
+    for (split, name), pb in sorted(store._pseudo.items()):
+        entry = out.setdefault(name, {"key": pb.key, "quality": {}})
+        entry["quality"][split] = pb.quality
+    return out
+
+
+def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: str, metrics: dict,
+            store: EvalStore) -> dict:
     """The fields a run's result and a re-evaluation share."""
     return {
         "run_id": run_dir.name,
@@ -262,6 +292,7 @@ def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: s
         "dataset": dataset_summary(dataset),
         "selection": selection_summary(selection, protocol, stage, cfg),
         "metrics": metrics,
+        "pseudo_boxes": pseudo_box_summary(store),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "provenance": results.provenance(),
     }
@@ -278,15 +309,33 @@ def dataset_summary(dataset) -> dict:
 
 
 def selection_summary(selection, protocol: Protocol, stage: str, cfg) -> dict:
-    chosen_by = f"{protocol.select_metric}@{cfg.eval.iou_threshold:g} with {protocol.supervision}"
+    """What was selected on what: the epoch and the threshold, each with its supervision."""
+    iou = cfg.eval.iou_threshold
+    metric = "CorLoc" if protocol.select_metric == "corloc" else "mean IoU"
+
+    def boxes(target):
+        return "GT boxes" if target == "gt" else f"{target} pseudo-boxes"
+
+    if selection.epoch_target == "cls":
+        epoch_by = f"classification accuracy on {protocol.selection_split}"
+    else:
+        how = "Otsu boxes" if protocol.threshold_source == "otsu" else f"best {protocol.threshold_scope} tau"
+        epoch_by = f"{metric}@{iou:g} ({how}) against {boxes(selection.epoch_target)} on {protocol.selection_split}"
+    if selection.tau_target is None:
+        tau_by = "Otsu's threshold of each map"
+    else:
+        tau_by = f"{metric}@{iou:g} against {boxes(selection.tau_target)} on {protocol.threshold_source}"
     return {
         "stage": stage,
         "epoch": selection.epoch,
-        "epoch_chosen_by": f"{chosen_by} on {protocol.selection_split}",
+        "epoch_chosen_by": epoch_by,
+        "epoch_supervision": selection.epoch_target,
+        "score": selection.score,
         "epoch_scores": {str(e): s for e, s in selection.epoch_scores.items()},
         "tau": selection.taus(threshold_list(cfg.eval.threshold_step)),
-        "tau_scope": protocol.threshold_scope,
-        "tau_chosen_by": f"{chosen_by} on {protocol.threshold_source}",
+        "tau_scope": protocol.threshold_scope if selection.tau_target else "per-map",
+        "tau_chosen_by": tau_by,
+        "tau_supervision": selection.tau_target or "otsu",
     }
 
 
@@ -337,11 +386,14 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                 "epoch": epoch,
             })
             line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
-            if si == len(stages) - 1:
+            if si == len(stages) - 1 and store is not None:
                 store.record("val", epoch, current=True)
                 curves = store.curves("val", epoch)
                 line["val_corloc_best_tau"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
                 line["val_cls_accuracy"] = store.boxes("val", epoch).cls_accuracy()
+                for target in sorted(store.default_targets.get("val", ())):
+                    curves = store.curves("val", epoch, target)
+                    line[f"val_corloc_best_tau@{target}"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
             io.append_line(run_dir / "metrics.jsonl", json.dumps(line))
             log.info("%s epoch %d/%d: %s", stage.name, epoch, stage.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
@@ -401,19 +453,30 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normaliz
 def reevaluate(run_dir: str | Path, protocol: str | None = None, overrides: dict | None = None,
                device: str | None = None, progress: bool = True) -> dict:
     """Select and measure a trained run again, under another protocol and/or other evaluation
-    settings (``eval.*`` overrides), without training: records are reused when their settings
-    match, else rebuilt from saved maps, else from the checkpoints. Writes
+    settings (``eval.*`` and ``annotators.*`` overrides), without training: records are reused
+    when their settings match, else rebuilt from saved maps, else from the checkpoints. Writes
     ``evaluations/<protocol>.json`` in the run directory and returns it."""
+    return reevaluate_many(run_dir, [protocol], overrides, device, progress)[0]
+
+
+def reevaluate_many(run_dir: str | Path, protocols: list[str | Protocol | None], overrides: dict | None = None,
+                    device: str | None = None, progress: bool = True, out_dir: str = "evaluations") -> list[dict]:
+    """:func:`reevaluate` under several protocols, sharing one evaluation store (each
+    checkpoint's maps are computed at most once). ``None`` is the run's own protocol."""
     run_dir = Path(run_dir)
     cfg = config_mod.load_run_config(run_dir)
     overrides = dict(overrides or {})
-    bad = [k for k in overrides if not k.startswith("eval.")]
+    bad = [k for k in overrides if not k.startswith(("eval.", "annotators."))]
     if bad:
-        raise HarnessError(f"harness eval only changes evaluation settings (eval.*); got {', '.join(bad)}")
+        raise HarnessError(
+            f"harness eval only changes evaluation settings (eval.*, annotators.*); got {', '.join(bad)}"
+        )
+    if "annotators" not in cfg:  # a run from before annotators had settings in the config
+        cfg.merge_from_dict(annotator_defaults())
     config_mod.apply_overrides(cfg, overrides)
     check_eval_config(cfg)
-    proto = Protocol.from_config(_protocol_layer(protocol)["protocol"] if protocol else cfg.protocol)
-    check_supported(proto)
+    protos = [p if isinstance(p, Protocol) else
+              Protocol.from_config(_protocol_layer(p)["protocol"] if p else cfg.protocol) for p in protocols]
     ckpts = Checkpoints(run_dir)
     done = ckpts.done()
     if not done:
@@ -429,11 +492,20 @@ def reevaluate(run_dir: str | Path, protocol: str | None = None, overrides: dict
 
     store = EvalStore(run_dir, cfg, dataset, build_method, ckpts, dev, progress)
     store.save_new_maps = cfg.eval.save_maps == "all"  # a re-evaluation keeps the run's maps as they are
-    selection, metrics = select_and_measure(cfg, proto, store, epochs)
-    record = {
-        **_record(run_dir, cfg, proto, dataset, selection, ckpts.stage_name(last), metrics),
-        "eval": cfg.eval.to_dict(),
-        "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
-    }
-    io.write_json(run_dir / "evaluations" / f"{proto.name}.json", record)
-    return record
+    for proto in protos:  # every target a split needs, so each checkpoint is run once
+        for split, target in needs(proto):
+            if target != "gt":
+                store.default_targets.setdefault(split, set()).add(target)
+    records = []
+    for proto in protos:
+        selection, metrics = select_and_measure(cfg, proto, store, epochs)
+        record = {
+            **_record(run_dir, cfg, proto, dataset, selection, ckpts.stage_name(last), metrics, store),
+            "eval": cfg.eval.to_dict(),
+            "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
+        }
+        record["pseudo_boxes"] = {k: v for k, v in record["pseudo_boxes"].items()
+                                  if k in {t for _, t in needs(proto)}}
+        io.write_json(run_dir / out_dir / f"{proto.name}.json", record)
+        records.append(record)
+    return records

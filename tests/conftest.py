@@ -23,6 +23,18 @@ TINY_YTO = {
     "classifier.feature_index": 1,
     "eval.threshold_step": 0.01,
     "classifier.cache": False,  # tests of training itself must train; test_stage_cache.py covers reuse
+    # the realistic protocol's annotator trains its own classifier: as tiny
+    "annotators.cam-pg.classifier.epochs": 1,
+    "annotators.cam-pg.classifier.batch_size": 16,
+    "annotators.cam-pg.classifier.feature_index": 1,
+}
+TINY_CUB = {
+    "data.image_size": 32,
+    "data.num_classes": 4,
+    "data.train_images_per_class": 4,
+    "data.val_images_per_class": 2,
+    "data.test_images_per_class": 2,
+    **{k: v for k, v in TINY_YTO.items() if not k.startswith("data.")},
 }
 
 

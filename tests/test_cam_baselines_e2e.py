@@ -6,17 +6,9 @@ import pytest
 from harness import runner, stage_cache
 from harness.registry import registry
 
-from conftest import TINY_YTO
+from conftest import TINY_CUB, TINY_YTO
 
 SEVEN = ["cam", "gradcam", "gradcampp", "smoothgradcampp", "xgradcam", "layercam", "scorecam"]
-TINY_CUB = {
-    "data.image_size": 32,
-    "data.num_classes": 4,
-    "data.train_images_per_class": 4,
-    "data.val_images_per_class": 2,
-    "data.test_images_per_class": 2,
-    **{k: v for k, v in TINY_YTO.items() if not k.startswith("data.")},
-}
 
 
 def test_the_seven_are_registered_as_methods_and_cam_sources():

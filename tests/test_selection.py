@@ -8,9 +8,20 @@ from harness.selection import select
 GT_VAL = Protocol(name="gt-val")
 
 
+class _Curves:
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=float)
+
+    def curves(self, iou):
+        return self.rows
+
+
 def _curves(table):
-    """{(split, epoch): rows of per-class accuracy per threshold} -> curves callable."""
-    return lambda split, epoch: np.asarray(table[(split, epoch)], dtype=float)
+    """{(split, epoch): rows of per-class accuracy per threshold} -> boxes(split, epoch, target)."""
+    def boxes(split, epoch, target):
+        assert target == "gt"
+        return _Curves(table[(split, epoch)])
+    return boxes
 
 
 def test_epoch_with_best_val_score_and_its_val_threshold():
@@ -19,7 +30,7 @@ def test_epoch_with_best_val_score_and_its_val_threshold():
         ("val", 2): [[50, 60, 10], [70, 30, 10]],  # means 60, 45, 10 -> best 60 at tau 0
         ("test", 2): [[0, 0, 100], [0, 0, 100]],  # test prefers tau 2, must not matter
     }
-    sel = select(GT_VAL, [1, 2], _curves(table))
+    sel = select(GT_VAL, [1, 2], _curves(table), 0.5)
     assert sel.epoch == 2
     assert sel.tau_index.tolist() == [0, 0]
     assert sel.epoch_scores == {1: 40.0, 2: 60.0}
@@ -27,7 +38,7 @@ def test_epoch_with_best_val_score_and_its_val_threshold():
 
 def test_ties_go_to_the_earliest_epoch():
     table = {("val", 1): [[30, 50]], ("val", 2): [[50, 30]]}
-    assert select(GT_VAL, [2, 1], _curves(table)).epoch == 1
+    assert select(GT_VAL, [2, 1], _curves(table), 0.5).epoch == 1
 
 
 def test_threshold_from_test_and_per_class_scope():
@@ -37,7 +48,7 @@ def test_threshold_from_test_and_per_class_scope():
         ("val", 2): [[20, 20, 20], [20, 20, 20]],
         ("test", 1): [[0, 90, 0], [0, 0, 80]],
     }
-    sel = select(proto, [1, 2], _curves(table))
+    sel = select(proto, [1, 2], _curves(table), 0.5)
     assert sel.epoch == 1
     assert sel.tau_index.tolist() == [1, 2]
     assert sel.taus(np.array([0.0, 0.5, 0.9])) == [0.5, 0.9]
@@ -48,20 +59,14 @@ def test_selection_on_test_split_can_pick_another_epoch():
         ("val", 1): [[60]], ("val", 2): [[40]],
         ("test", 1): [[30]], ("test", 2): [[70]],
     }
-    assert select(GT_VAL, [1, 2], _curves(table)).epoch == 1
+    assert select(GT_VAL, [1, 2], _curves(table), 0.5).epoch == 1
     oracle = Protocol(name="bt-tt", selection_split="test", threshold_source="test")
-    assert select(oracle, [1, 2], _curves(table)).epoch == 2
-
-
-def test_not_yet_supported_axes_are_a_clear_error():
-    for proto in (Protocol(name="p", supervision="pseudo:cam-pg"), Protocol(name="o", threshold_source="otsu")):
-        with pytest.raises(HarnessError, match="not supported"):
-            select(proto, [1], _curves({("val", 1): [[1]]}))
+    assert select(oracle, [1, 2], _curves(table), 0.5).epoch == 2
 
 
 def test_no_epoch_is_an_error():
     with pytest.raises(HarnessError, match="no trained epoch"):
-        select(GT_VAL, [], _curves({}))
+        select(GT_VAL, [], _curves({}), 0.5)
 
 
 def test_protocol_from_config_validates_keys_and_values():

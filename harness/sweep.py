@@ -1,0 +1,235 @@
+"""Selection across configurations: a grid or random search over config values for one
+plugin, each trial a normal run, then the configuration chosen by the protocol's rule.
+
+A sweep directory holds ``sweep.json`` (the specification), ``trials.json`` (trial id ->
+overrides and run directory, written before any trial trains), ``trials/`` (the runs) and,
+at the end, ``result.json`` and ``sweep.md``. Trials run through a :class:`TrialRunner`;
+:class:`LocalRunner` runs them one after the other here. Selection reads only the trials'
+``result.json`` records, so a runner that hands trials to Ray or SLURM changes nothing else.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import itertools
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol as TypingProtocol
+
+from tabulate import tabulate
+
+from harness import io, results, runner
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
+
+SPEC_FILE, TRIALS_FILE = "sweep.json", "trials.json"
+# Sweeping these would change what the trials are compared on, not the trained model.
+_FROZEN = ("annotators.", "eval.", "data.", "protocol.", "method.name")
+_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+
+@dataclass
+class SweepSpec:
+    plugin: str
+    protocol: str
+    dataset: str
+    grid: dict[str, list] = field(default_factory=dict)  # key -> values (Cartesian product)
+    space: dict[str, str] = field(default_factory=dict)  # key -> "loguniform:1e-3:1e-1" etc.
+    trials: int | None = None  # random search: number of trials drawn from `space` (x grid)
+    seed: int = 0  # of the random search
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to every trial
+    config_files: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        keys = list(self.grid) + list(self.space)
+        frozen = [k for k in keys if k.startswith(_FROZEN)]
+        if frozen:
+            raise HarnessError(
+                f"cannot sweep {', '.join(frozen)}: trials must share data, evaluation and pseudo-boxes to "
+                f"be comparable; set them once with --cfg-options"
+            )
+        if not keys:
+            raise HarnessError("nothing to sweep: give --grid key=v1,v2 and/or --space key=dist:a:b with --trials N")
+        if self.space and not self.trials:
+            raise HarnessError("--space needs --trials N (how many configurations to draw)")
+        for key, dist in self.space.items():
+            _parse_distribution(key, dist)
+        for key, values in self.grid.items():
+            if not values:
+                raise HarnessError(f"--grid {key}= has no value")
+
+
+def _parse_distribution(key: str, text: str) -> tuple[str, list[str]]:
+    kind, *args = str(text).split(":")
+    if kind not in _DISTRIBUTIONS:
+        raise HarnessError(f"--space {key}={text}: distribution must be one of {', '.join(_DISTRIBUTIONS)} "
+                           "(e.g. loguniform:1e-4:1e-1, uniform:0:1, int:1:10, choice:a:b)")
+    if kind != "choice" and len(args) != 2:
+        raise HarnessError(f"--space {key}={text}: {kind} needs two bounds, e.g. {kind}:1e-3:1e-1")
+    if kind == "choice" and not args:
+        raise HarnessError(f"--space {key}={text}: choice needs values, e.g. choice:a:b")
+    return kind, args
+
+
+def _draw(kind: str, args: list[str], rng: random.Random):
+    if kind == "choice":
+        return _literal(rng.choice(args))
+    lo, hi = float(args[0]), float(args[1])
+    if kind == "uniform":
+        return rng.uniform(lo, hi)
+    if kind == "loguniform":
+        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return rng.randint(int(lo), int(hi))
+
+
+def _literal(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
+def trial_overrides(spec: SweepSpec) -> list[dict]:
+    """Every trial's overrides, in a fixed order: the grid's product (last key fastest), each
+    combined with ``trials`` random draws when a space is given."""
+    keys = list(spec.grid)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))] or [{}]
+    if not spec.space:
+        return combos
+    rng = random.Random(spec.seed)
+    parsed = {k: _parse_distribution(k, v) for k, v in spec.space.items()}
+    out = []
+    for combo in combos:
+        for _ in range(spec.trials):
+            out.append({**combo, **{k: _draw(kind, args, rng) for k, (kind, args) in parsed.items()}})
+    return out
+
+
+def trial_id(n: int, overrides: dict) -> str:
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{n:03d}-{digest}"
+
+
+# ------------------------------------------------------------------------------ runners
+
+
+class TrialRunner(TypingProtocol):
+    def run(self, run_dirs: list[Path], progress: bool) -> None:
+        """Bring every run directory to its ``result.json`` (each is a prepared run)."""
+
+
+class LocalRunner:
+    """Trials one after the other in this process; a trial already finished is skipped and
+    an interrupted one resumes from its last checkpoint."""
+
+    def run(self, run_dirs: list[Path], progress: bool) -> None:
+        for n, run_dir in enumerate(run_dirs, start=1):
+            log.info("sweep trial %d/%d: %s", n, len(run_dirs), run_dir.name)
+            runner.execute(run_dir, progress=progress)
+
+
+# ------------------------------------------------------------------------------ the sweep
+
+
+def create(spec: SweepSpec, run_root: str | Path | None = None) -> Path:
+    """Write the sweep directory with every trial prepared (configs validated up front)."""
+    spec.validate()
+    overrides = trial_overrides(spec)
+    first = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**spec.overrides, **overrides[0]},
+                           run_root, config_files=spec.config_files)
+    root = Path(run_root) if run_root is not None else first.parent
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    sweep_dir = root / "sweeps" / f"{stamp}-{spec.plugin}-{spec.protocol}"
+    for n in range(2, 1000):
+        if not sweep_dir.exists():
+            break
+        sweep_dir = root / "sweeps" / f"{stamp}-{n}-{spec.plugin}-{spec.protocol}"
+    trials_root = sweep_dir / "trials"
+    trials_root.mkdir(parents=True)
+    first.rename(trials_root / first.name)  # the probe run becomes trial 0
+    io.write_json(sweep_dir / SPEC_FILE, asdict(spec))
+    trials = [{"id": trial_id(0, overrides[0]), "overrides": overrides[0], "run": first.name}]
+    for n, o in enumerate(overrides[1:], start=1):
+        run_dir = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**spec.overrides, **o}, trials_root,
+                                 config_files=spec.config_files)
+        trials.append({"id": trial_id(n, o), "overrides": o, "run": run_dir.name})
+    io.write_json(sweep_dir / TRIALS_FILE, trials)
+    return sweep_dir
+
+
+def execute(sweep_dir: str | Path, trial_runner: TrialRunner | None = None, progress: bool = True) -> dict:
+    """Run (or resume) every trial, then select the configuration and write the result."""
+    sweep_dir = Path(sweep_dir)
+    trials = _load(sweep_dir / TRIALS_FILE, "trials")
+    spec = SweepSpec(**_load(sweep_dir / SPEC_FILE, "specification"))
+    run_dirs = [sweep_dir / "trials" / t["run"] for t in trials]
+    (trial_runner or LocalRunner()).run(run_dirs, progress)
+    records = [json.loads((d / results.RESULT_FILE).read_text()) for d in run_dirs]
+    record = summarize(spec, trials, records)
+    io.write_json(sweep_dir / results.RESULT_FILE, record)
+    io.write_text(sweep_dir / "sweep.md", trials_table(record) + "\n")
+    return record
+
+
+def _load(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"{path} (the sweep's {what}) cannot be read: {exc}; is this a sweep directory?") from exc
+
+
+def select_configuration(records: list[dict]) -> int:
+    """Index of the trial the protocol selects: the highest selection score (each trial's
+    selected epoch, scored on the protocol's selection split with its supervision); ties go
+    to the earlier trial."""
+    if not records:
+        raise HarnessError("the sweep has no finished trial to select from")
+    names = {r["protocol"]["name"] for r in records}
+    if len(names) != 1:
+        raise HarnessError(f"trials were selected under different protocols {sorted(names)}: not comparable")
+    return max(range(len(records)), key=lambda i: (records[i]["selection"]["score"], -i))
+
+
+def summarize(spec: SweepSpec, trials: list[dict], records: list[dict]) -> dict:
+    best = select_configuration(records)
+    chosen = records[best]
+    proto = chosen["protocol"]
+    return {
+        "kind": "sweep",
+        "plugin": spec.plugin,
+        "protocol": proto,
+        "dataset": chosen["dataset"],
+        "configuration": {"trial": trials[best]["id"], "overrides": trials[best]["overrides"],
+                          "run_id": chosen["run_id"]},
+        "configuration_chosen_by": f"highest selection score over {len(records)} trials: "
+                                   f"{chosen['selection']['epoch_chosen_by']}",
+        "selection": chosen["selection"],
+        "metrics": chosen["metrics"],
+        "pseudo_boxes": chosen.get("pseudo_boxes", {}),
+        "trials": [
+            {"id": t["id"], "overrides": t["overrides"], "run_id": r["run_id"], "score": r["selection"]["score"],
+             "epoch": r["selection"]["epoch"], "tau": r["selection"]["tau"],
+             "test_corloc": r["metrics"]["test"]["corloc"], "record": f"trials/{t['run']}/{results.RESULT_FILE}"}
+            for t, r in zip(trials, records)
+        ],
+        "spec": asdict(spec),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "provenance": results.provenance(),
+    }
+
+
+def trials_table(record: dict) -> str:
+    chosen = record["configuration"]["trial"]
+    rows = [[("* " if t["id"] == chosen else "") + t["id"],
+             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["overrides"].items()),
+             f"{t['score']:.2f}", t["epoch"], results._fmt_taus(t["tau"]), f"{t['test_corloc']:.1f}"]
+            for t in record["trials"]]
+    return tabulate(rows, headers=["trial", "configuration", "selection score", "epoch", "tau", "test CorLoc"],
+                    tablefmt="github")
