@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(func=cmd_sweep)
 
+    an = sub.add_parser("annotate", help="make (or read from the cache) an annotator's pseudo-boxes; print their quality")
+    an.add_argument("--annotator", default="cam-pg", help="annotator (see `harness list`)")
+    an.add_argument("--dataset", default="synth-yto")
+    an.add_argument("--split", default="val")
+    an.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                    help="annotator and data settings, e.g. annotators.cam-pg.filter_fraction=0.3 data.seed=1")
+    an.add_argument("--device", default="auto")
+    an.add_argument("--no-progress", action="store_true")
+    an.set_defaults(func=cmd_annotate)
+
     lst = sub.add_parser("list", help="list registered methods, CAM sources, protocols, datasets")
     lst.set_defaults(func=cmd_list)
 
@@ -193,6 +203,30 @@ def cmd_sweep(args) -> int:
     print(f"\nselected trial {c['trial']} ({c['overrides']}): {record['configuration_chosen_by']}; "
           f"test CorLoc {record['metrics']['test']['corloc']:.1f}")
     print(f"result: {sweep_dir / 'result.json'}")
+    return 0
+
+
+def cmd_annotate(args) -> int:
+    from harness import config as config_mod
+    from harness.annotators.base import pseudo_boxes
+    from harness.registry import registry
+    from harness.runner import annotator_defaults, resolve_device
+
+    entry = registry().get("annotator", args.annotator)
+    dataset_entry = registry().get("dataset", args.dataset)
+    cfg = Config(config_mod.merge(annotator_defaults(), dataset_entry.config))
+    bad = [k for k in args.cfg_options if not k.startswith(("annotators.", "data."))]
+    if bad:
+        raise HarnessError(f"harness annotate takes annotators.* and data.* options only; got {', '.join(bad)}")
+    config_mod.apply_overrides(cfg, args.cfg_options)
+    dataset = dataset_entry.factory(cfg.data, progress=not args.no_progress)
+    pb = pseudo_boxes(entry.name, cfg.annotators[entry.name].to_dict(), dataset, args.split,
+                      resolve_device(args.device), not args.no_progress)
+    q = pb.quality
+    rows = [[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in q.items() if not isinstance(v, dict)]
+    rows += [[f"step {k} (mean IoU)", f"{v:.2f}"] for k, v in q.get("steps", {}).items()]
+    print(tabulate(rows, headers=[f"{entry.name} on {dataset.name} {args.split}", ""], tablefmt="github"))
+    print(f"\n{len(pb.boxes)} pseudo-boxes, key {pb.key}")
     return 0
 
 

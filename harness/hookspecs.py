@@ -44,4 +44,6 @@ def harness_register_datasets():
 
 @hookspec
 def harness_register_annotators():
-    """Pseudo-box annotators: ``Entry(name, factory, description)``."""
+    """Pseudo-box annotators: ``Entry(name, factory, description, config={"annotators": {name: defaults}})``;
+    ``factory(settings)`` returns a :class:`harness.annotators.base.Annotator`, whose boxes a
+    protocol with ``supervision="pseudo:<name>"`` selects with."""

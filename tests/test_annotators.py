@@ -205,3 +205,26 @@ def test_clip_without_weights_says_how_to_supply_them(dataset, monkeypatch):
 def test_unknown_annotator_lists_the_valid_ones(dataset):
     with pytest.raises(HarnessError, match="cam-pg"):
         pseudo_boxes("nope", None, dataset, "val", progress=False)
+
+
+def test_harness_annotate_prints_the_quality(capsys):
+    from harness.cli import main
+
+    argv = ["annotate", "--annotator", "noisy-gt", "--no-progress", "--cfg-options", "annotators.noisy-gt.noise=0",
+            *[f"data.{k}={v}" for k, v in TINY.items()]]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "noisy-gt on synth-yto val" in out and "100" in out
+    assert main(["annotate", "--annotator", "noisy-gt", "--cfg-options", "classifier.lr=1"]) == 2
+    assert "annotators.* and data.* options only" in capsys.readouterr().err
+
+
+def test_missing_rpn_weights_fail_before_any_training(dataset, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    trained = []
+    monkeypatch.setattr("harness.annotators.proposals.trained_classifier", lambda *a, **k: trained.append(1))
+    with pytest.raises(HarnessError, match="annotators.rpn.checkpoint"):
+        pseudo_boxes("rpn", None, dataset, "val", progress=False)
+    assert trained == []

@@ -111,8 +111,8 @@ class ProposalAnnotator(Annotator):
 
     def annotate(self, split: Split, indices: list[int], ctx: Context) -> Annotation:
         s = self.settings
+        proposer = self._proposer(ctx)  # missing weights fail before the classifier trains
         clf = trained_classifier(s["classifier"], s["seed"], ctx.dataset, ctx.workdir, ctx.device, ctx.progress)
-        proposer = self._proposer(ctx)
         boxes, steps, candidates, peaks = [], {"pg": [], "top_filtered": []}, [], []
         for i in tqdm(indices, desc=f"{self.name} {split.name}", leave=False, disable=not ctx.progress):
             image = split.image(i)
