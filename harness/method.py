@@ -44,6 +44,18 @@ class Stage(ABC):
     def train_mode(self) -> None:
         """Put the modules of this stage in training mode (frozen parts stay in eval)."""
 
+    def prepare(self, split, device, progress: bool = True) -> None:
+        """Called once before the stage's first trained epoch (also after a resume), with the
+        train split: e.g. to compute per-frame maps from an earlier, frozen stage."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before each training epoch (1-based): schedules that depend on the epoch."""
+        self.epoch = epoch
+
+    def batch_sampler(self, split, seed: int):
+        """Batches of frame indices for one epoch, or None for shuffled single frames."""
+        return None
+
     def cache_key(self) -> dict | None:
         """What determines this stage's trained weights besides the dataset and the seed, when
         they can be shared across runs and methods (None: never shared)."""

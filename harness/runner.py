@@ -371,9 +371,12 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
             if sched is not None and state.get("scheduler") is not None:
                 sched.load_state_dict(state["scheduler"])
             first = resume_at[1] + 1
+        if first <= stage.epochs:
+            stage.prepare(train_split, device, progress)
         for epoch in range(first, stage.epochs + 1):
             seed = epoch_seed(cfg.seed, si, epoch)
             seed_everything(seed)
+            stage.begin_epoch(epoch)
             stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
@@ -422,7 +425,8 @@ def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None
 
 def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normalization) -> dict:
     loader = train_loader(
-        split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization
+        split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization,
+        batch_sampler=stage.batch_sampler(split, seed),
     )
     stage.train_mode()
     total, n, extra = 0.0, 0, {}

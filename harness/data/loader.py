@@ -31,15 +31,21 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image = to_tensor(self.split.image(i), self.normalization)
-        if self.hflip and torch.rand(()) < 0.5:  # torch RNG: seeded per epoch by the runner
+        flipped = bool(self.hflip and torch.rand(()) < 0.5)  # torch RNG: seeded per epoch by the runner
+        if flipped:
             image = image.flip(-1)
-        return {"image": image, "label": self.split.frames[i].label, "index": i}
+        # `flipped` lets a stage flip per-frame maps it keeps (e.g. stored CAMs) the same way
+        return {"image": image, "label": self.split.frames[i].label, "index": i, "flipped": flipped}
 
 
 def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0, hflip: bool = False,
-                 normalization: Normalization = IMAGENET) -> DataLoader:
-    """Shuffled loader whose order depends only on ``seed`` (resumed runs see the same batches)."""
+                 normalization: Normalization = IMAGENET, batch_sampler=None) -> DataLoader:
+    """Shuffled loader whose order depends only on ``seed`` (resumed runs see the same batches).
+    ``batch_sampler`` (e.g. whole groups of frames of a shot) replaces the shuffled batches."""
     gen = torch.Generator().manual_seed(seed)
+    if batch_sampler is not None:
+        return DataLoader(FrameDataset(split, hflip=hflip, normalization=normalization), batch_sampler=batch_sampler,
+                          num_workers=num_workers, generator=gen)
     return DataLoader(
         FrameDataset(split, hflip=hflip, normalization=normalization),
         batch_size=batch_size,
