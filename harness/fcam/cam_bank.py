@@ -1,0 +1,120 @@
+"""The frozen classifier's CAM of every training frame, computed once before the decoder
+stage and kept on the device (the classifier does not change while the decoder trains, so
+recomputing it every step would only cost time; the authors store them on disk, ``std_cams``).
+
+A training step reads its frames' maps from here: min-max normalized at the CAM's own
+resolution, optionally max-pooled over the ``temporal`` previous frames of the same shot
+(TCAM's CAM-TMP), upsampled (bilinear) to the frame size and flipped as the frame was.
+An optional region of interest per frame (the largest 4-connected Otsu component of the map,
+or its box, as in the authors' code) is computed here too, once.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from harness.data.base import Split
+from harness.data.loader import eval_loader
+from harness.errors import HarnessError
+from harness.evaluation.box_accuracy import otsu_level
+
+ROI_MODES = ("none", "largest", "largest-box")
+
+
+def previous_frames(split: Split, n: int) -> torch.Tensor:
+    """(N, n + 1) indices: each frame, then its n previous frames in its shot (the first frame
+    of a shot repeats itself: CAM-TMP over what exists)."""
+    order: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(split.frames):
+        order.setdefault((f.video, f.shot), []).append(i)
+    table = np.zeros((len(split.frames), n + 1), dtype=np.int64)
+    for members in order.values():
+        members.sort(key=lambda i: split.frames[i].index)
+        for pos, i in enumerate(members):
+            table[i] = [members[max(pos - j, 0)] for j in range(n + 1)]
+    return torch.from_numpy(table)
+
+
+def _minmax(maps: torch.Tensor) -> torch.Tensor:
+    lo = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - lo
+    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of a boolean mask (empty stays empty)."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    if n <= 1:
+        return mask.copy()
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == best
+
+
+class CamBank:
+    def __init__(self, maps: torch.Tensor, previous: torch.Tensor, size: tuple[int, int], roi: torch.Tensor | None):
+        self.maps = maps  # (N, h, w) in [0, 1], float16
+        self.previous = previous.to(maps.device)  # (N, temporal + 1)
+        self.size = size
+        self.roi = roi  # (N, H, W) bool or None
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, classifier, source, split: Split, device, *, temporal: int = 0, roi: str = "none",
+              batch_size: int = 64, normalization=None, progress: bool = True) -> "CamBank":
+        if roi not in ROI_MODES:
+            raise HarnessError(f"pseudo_labels.roi={roi!r}: use one of {', '.join(ROI_MODES)}")
+        classifier.eval()
+        maps = []
+        loader = eval_loader(split, batch_size, 0, normalization) if normalization else eval_loader(split, batch_size)
+        for batch in tqdm(loader, desc="classifier CAMs of the train frames", leave=False, disable=not progress):
+            images = batch["image"].to(device)
+            labels = batch["label"].to(device)
+            with torch.set_grad_enabled(source.needs_grad):
+                m, _ = source(classifier, images, labels)
+            m = m.detach().float()
+            if not torch.isfinite(m).all():
+                raise HarnessError("the classifier's CAMs hold NaN/inf: the classifier stage diverged")
+            maps.append(_minmax(m).half())
+        all_maps = torch.cat(maps)
+        size = tuple(split.image(0).shape[:2])
+        bank = cls(all_maps, previous_frames(split, temporal), size, None)
+        if roi != "none":
+            bank.roi = bank._rois(roi, batch_size)
+        return bank
+
+    def get(self, indices: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W) maps in [0, 1] of frames ``indices`` (max over the temporal window)."""
+        idx = self.previous[indices.to(self.previous.device)]  # (B, n + 1)
+        b, k = idx.shape
+        m = self.maps[idx.reshape(-1)].float()[:, None]
+        up = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)[:, 0]
+        out = up.reshape(b, k, *self.size).amax(1)
+        if flipped is not None:
+            out = torch.where(flipped.to(out.device).bool()[:, None, None], out.flip(-1), out)
+        return out
+
+    def get_roi(self, indices: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor | None:
+        if self.roi is None:
+            return None
+        r = self.roi[indices.to(self.roi.device)]
+        if flipped is not None:
+            r = torch.where(flipped.to(r.device).bool()[:, None, None], r.flip(-1), r)
+        return r
+
+    def _rois(self, mode: str, batch_size: int) -> torch.Tensor:
+        rois = torch.zeros(len(self.maps), *self.size, dtype=torch.bool, device=self.maps.device)
+        for start in range(0, len(self.maps), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(self.maps)), device=self.maps.device)
+            for j, m in zip(idx.tolist(), self.get(idx).cpu().numpy()):
+                q = (np.clip(m, 0, 1) * 255).astype(np.uint8)
+                comp = largest_component(q > otsu_level(q))
+                if mode == "largest-box" and comp.any():
+                    ys, xs = np.nonzero(comp)
+                    comp = np.zeros_like(comp)
+                    comp[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+                rois[j] = torch.from_numpy(comp)
+        return rois
