@@ -13,12 +13,12 @@ normalization divides with IEEE rounding (``div_rn``), as torch does.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from harness.kernels._triton_common import interpreting, jitted, launch_on  # noqa: F401 (interpreting: the callers ask the module)
 
 # Tile sizes (powers of two). The weighted sum reads a (BLOCK_K, BLOCK_P) tile of A per step:
 # 32 x 128 fp32 = 16 KiB, contiguous along the spatial axis for NCHW activations.
@@ -168,25 +168,9 @@ def _upsample_kernel(
         tl.store(O + b * s_ob + offs, out, mask=mask)
 
 
-def interpreting() -> bool:
-    """Triton's ``TRITON_INTERPRET`` flag, as ``triton.jit`` reads it (on every call)."""
-    return bool(triton.knobs.runtime.interpret)
-
-
 def kernels():
     """``(wsum, upsample)`` jitted for the current mode (compiled or interpreted)."""
-    return _kernels(interpreting())
-
-
-@functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    # `interpret` is only the cache key: triton.jit reads the same flag itself, just now.
-    return triton.jit(_wsum_kernel), triton.jit(_upsample_kernel)
-
-
-def _on(device: torch.device):
-    """Launch on the tensors' GPU (Triton launches on the current device otherwise)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    return jitted(_wsum_kernel, _upsample_kernel)
 
 
 def weighted_channel_sum(A: torch.Tensor, w: torch.Tensor, relu: bool, relu_weights: bool) -> torch.Tensor:
@@ -197,7 +181,7 @@ def weighted_channel_sum(A: torch.Tensor, w: torch.Tensor, relu: bool, relu_weig
     elementwise = w.dim() == 4
     s_w = w.stride() if elementwise else (*w.stride(), 0, 0)
     grid = (B, triton.cdiv(h * wd, WSUM_BLOCK_P))
-    with _on(A.device):
+    with launch_on(A.device):
         wsum[grid](
             A, w, out,
             K, h * wd, wd,
@@ -223,7 +207,7 @@ def upsample_minmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     # torch's scale for an explicit output size: float(in) / out, as a float32 (opmath) value.
     args = (maps, partials, out, h, w, H, W, *maps.stride(), out.stride(0), h / H, w / W, nsplit)
     meta = dict(NSPLIT_P2=triton.next_power_of_2(nsplit), BLOCK=UP_BLOCK)
-    with _on(maps.device):
+    with launch_on(maps.device):
         up[(B, nsplit)](*args, PHASE=0, **meta)
         up[(B, triton.cdiv(H * W, UP_BLOCK))](*args, PHASE=1, **meta)
     return out

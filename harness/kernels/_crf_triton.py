@@ -15,12 +15,12 @@ dtype; atomics in that dtype).
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from harness.kernels._triton_common import interpreting, jitted, launch_on  # noqa: F401 (interpreting: the callers ask the module)
 
 BLOCK = 128  # points per program
 
@@ -92,25 +92,9 @@ def _slice_kernel(
     tl.store(O + b * s_ob + offs.to(tl.int64)[:, None] * s_on + offs_c[None, :], acc, mask=m2)
 
 
-def interpreting() -> bool:
-    """Triton's ``TRITON_INTERPRET`` flag, as ``triton.jit`` reads it (on every call)."""
-    return bool(triton.knobs.runtime.interpret)
-
-
 def kernels():
     """``(splat, slice)`` jitted for the current mode (compiled or interpreted)."""
-    return _kernels(interpreting())
-
-
-@functools.lru_cache(maxsize=None)
-def _kernels(interpret: bool):
-    # `interpret` is only the cache key: triton.jit reads the same flag itself, just now.
-    return triton.jit(_splat_kernel), triton.jit(_slice_kernel)
-
-
-def _on(device: torch.device):
-    """Launch on the tensors' GPU (Triton launches on the current device otherwise)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    return jitted(_splat_kernel, _slice_kernel)
 
 
 def _geometry(feat, lo, inv_cell, dims, strides):
@@ -133,7 +117,7 @@ def splat(feat: torch.Tensor, lo: torch.Tensor, inv_cell: torch.Tensor, f0: floa
     if B == 0 or N == 0:
         return grid
     F, LO, INV, DIMS, STR = _geometry(feat, lo, inv_cell, dims, strides)
-    with _on(values.device):
+    with launch_on(values.device):
         kern[(B, triton.cdiv(N, BLOCK))](
             F, LO, INV, DIMS, STR, values, grid,
             N, C, cells, float(f0),
@@ -154,7 +138,7 @@ def slice_(feat: torch.Tensor, lo: torch.Tensor, inv_cell: torch.Tensor, f0: flo
     if B == 0 or N == 0:
         return out
     F, LO, INV, DIMS, STR = _geometry(feat, lo, inv_cell, dims, strides)
-    with _on(grid.device):
+    with launch_on(grid.device):
         kern[(B, triton.cdiv(N, BLOCK))](
             F, LO, INV, DIMS, STR, grid, out,
             N, C, grid.shape[1], float(f0),
