@@ -107,8 +107,18 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE")
     show.set_defaults(func=cmd_data_show)
 
-    lb = sub.add_parser("leaderboard", help="regenerate the leaderboard of the runs under a run root")
-    lb.add_argument("--run-root", default="runs")
+    lb = sub.add_parser("leaderboard", help="the papers' tables with your runs inserted; or the run root's "
+                        "leaderboard.md (no --table/--list/--match/--check)")
+    lb.add_argument("--table", metavar="ID", help="a published table (see --list), rendered with --runs inserted")
+    lb.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="run directories or run roots")
+    lb.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
+    lb.add_argument("--protocol", help="each run's re-evaluation under this preset (from `harness eval "
+                    "--protocol all`) instead of its own result")
+    lb.add_argument("--out", metavar="FILE", help="write the table to FILE instead of printing it")
+    lb.add_argument("--list", action="store_true", help="list the published tables")
+    lb.add_argument("--match", action="store_true", help="the tables each of --runs fits")
+    lb.add_argument("--check", action="store_true", help="re-derive every printed average of the transcriptions")
+    lb.add_argument("--run-root", default="runs", help="without --table: regenerate this root's leaderboard.md")
     lb.set_defaults(func=cmd_leaderboard)
     return p
 
@@ -277,8 +287,33 @@ def cmd_data_show(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness import results
+    from harness import io, results
+    from harness.leaderboard import commands
 
+    if args.list:
+        print(commands.list_tables())
+        return 0
+    if args.check:
+        text, ok = commands.check_report()
+        print(text)
+        return 0 if ok else 1
+    if args.match:
+        if not args.runs:
+            raise HarnessError("--match needs --runs DIR ...")
+        print(commands.match(args.runs))
+        return 0
+    if args.table:
+        text, skipped = commands.table(args.table, args.runs, args.format, args.protocol)
+        for why in skipped:
+            print(f"harness: left out {why}", file=sys.stderr)
+        if args.out:
+            io.write_text(args.out, text)
+            print(f"wrote {args.out}")
+        else:
+            print(text, end="")
+        return 0
+    if args.runs or args.format != "md" or args.protocol or args.out:
+        raise HarnessError("--runs/--format/--protocol/--out go with --table ID (see --list)")
     root = Path(args.run_root)
     if not root.is_dir():
         raise HarnessError(f"run root {root} does not exist; pass --run-root DIR")

@@ -1,0 +1,1 @@
+"""Published result tables as data files (``<paper>/<table id>.toml``); read by harness.leaderboard."""

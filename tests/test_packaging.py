@@ -36,6 +36,8 @@ def test_wheel_has_no_generic_top_level_names(tmp_path):
     assert "harness/plugins/cam_baselines/gradcam.py" in names
     assert "harness/protocols/gt_val.py" in names
     assert "harness/configs/base.py" in names
+    assert "harness/leaderboards/colocam/colocam-t1-ytov1.toml" in names
+    assert "harness/leaderboards/colocam/paper.toml" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[wsol_harness]" in text and "[console_scripts]" in text and "harness = harness.cli:main" in text

@@ -1,0 +1,280 @@
+"""A published table with the user's runs inserted, as Markdown, LaTeX (booktabs), CSV or HTML.
+
+Published cells are shown as printed; run cells with the table's decimals. The best value
+of each column is marked (bold) among the rows on the table's real dataset: a synthetic
+stand-in row is never ranked. Every difference of protocol, dataset or backbone between
+the rows is said in a footnote.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.errors import HarnessError
+from harness.leaderboard.runs import RunRecord, all_records, cell_value, load_record, run_dirs, target_dataset
+from harness.leaderboard.tables import PAPERS, THRESHOLDS, Table
+
+FORMATS = ("md", "latex", "csv", "html")
+
+
+@dataclass
+class Row:
+    cells: list[str]
+    values: list[float | None]
+    kind: str = "published"      # or "run"
+    synth: bool = False
+    ranked: bool = True          # False: doubtful in the source, never marked best
+    protocol: str = ""
+    source: str = ""
+
+
+@dataclass
+class Rendered:
+    table: Table
+    rows: list[Row]
+    best: set[tuple[int, int]] = field(default_factory=set)
+    footnotes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # runs that fill no cell, with why
+
+    @property
+    def headers(self) -> list[str]:
+        return [c.header for c in self.table.columns]
+
+
+def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None) -> Rendered:
+    """``runs``: run directories or run roots; ``protocol``: use each run's re-evaluation
+    under that preset instead of its own result."""
+    source = f"{PAPERS()[table.paper]['short']} {table.table}"
+    rows = [Row([c.text for c in r], [c.value for c in r], "published", protocol=table.protocol, source=source,
+                ranked=table.row_key(r) not in table.unranked_rows) for r in table.rows]
+    out = Rendered(table, rows)
+    run_rows: list[tuple[Row, RunRecord]] = []
+    for run_dir in run_dirs(runs):
+        made = _select_rows(table, run_dir) if _select_col(table) is not None else \
+            _plain_row(table, load_record(Path(run_dir), protocol))
+        if not made:
+            rec = load_record(Path(run_dir))
+            out.skipped.append(f"{run_dir}: {rec.dataset} run has no cell of {table.id} "
+                               f"({', '.join(sorted(table.datasets))}; {table.metric})")
+        run_rows += made
+    _label_runs(run_rows)
+    out.rows += [row for row, _ in run_rows]
+    out.best = _best(out)
+    out.footnotes = _footnotes(table, [r for _, r in run_rows])
+    return out
+
+
+def _plain_row(table: Table, run: RunRecord) -> list[tuple[Row, RunRecord]]:
+    target = target_dataset(table, run)
+    values = [cell_value(c, run, target) for c in table.columns] if target else []
+    if all(v is None for v in values):
+        return []
+    return [(_run_row(table, run, values), run)]
+
+
+def _select_rows(table: Table, run_dir: Path) -> list[tuple[Row, RunRecord]]:
+    """Select-coded tables: one row per setting code the run was evaluated under, each cell
+    from the record of that code (or of the column's own threshold source) and the
+    column's supervision."""
+    sel = _select_col(table)
+    codes = list(dict.fromkeys(r[sel].text for r in table.rows if r[sel].text))
+    # the paper's layout: a setting whose column the paper leaves empty (class labels cannot
+    # choose a threshold on val) stays empty for a run too
+    printed = {(r[sel].text, j) for r in table.rows for j, cell in enumerate(r) if cell.text not in ("", "—")}
+    records = all_records(Path(run_dir))
+    made = []
+    for code in codes:
+        values, used = [], []
+        for j, c in enumerate(table.columns):
+            if (code, j) not in printed:
+                values.append(None)
+                continue
+            want = code if c.threshold is None else code.split("-")[0] + "-" + THRESHOLDS[c.threshold]
+            found = [(v, r) for r in records if r.code.removeprefix("CL-") == want
+                     for v in [cell_value(c, r, target_dataset(table, r))] if v is not None]
+            values.append(found[0][0] if found else None)
+            used += [found[0][1]] if found else []
+        if used:
+            row = _run_row(table, used[0], values)
+            row.cells[sel] = code
+            row.protocol = code + " (" + ", ".join(sorted({f"{r.code} {r.supervision}" for r in used})) + ")"
+            made.append((row, used[0]))
+    return made
+
+
+def _run_row(table: Table, run: RunRecord, values: list[float | None]) -> Row:
+    cells = []
+    for c, v in zip(table.columns, values):
+        decimals = c.decimals if c.decimals is not None else table.decimals
+        cells.append("" if v is None else f"{v:.{decimals}f}")
+    return Row(cells, values, "run", run.synth, protocol=f"{run.protocol} ({run.code})",
+               source=f"{run.run_dir} ({run.source})")
+
+
+def _label_runs(run_rows: list[tuple[Row, RunRecord]]) -> None:
+    """Label column: plugin (backbone, dataset); the run id where labels would repeat;
+    [synth] for a stand-in dataset; * for a protocol other than the published rows'."""
+    base = [f"{r.plugin} ({r.backbone}, {r.dataset})" for _, r in run_rows]
+    for (row, run), label in zip(run_rows, base):
+        text = label
+        if base.count(label) > 1 and sum(1 for _, r in run_rows if r.run_dir == run.run_dir) < base.count(label):
+            text += f" {run.run_id}"
+        row.cells[0] = text + (" [synth]" if run.synth else "")
+
+
+def _footnotes(table: Table, runs: list[RunRecord]) -> list[str]:
+    paper = PAPERS()[table.paper]
+    where = f"Published rows: {paper['short']} {table.table}" + (f" ({table.block})" if table.block else "") \
+        + f", {paper['citation']}; "
+    if _select_col(table) is not None:
+        notes = [where + "each row's selection setting is in its Select column and each column's supervision in "
+                 f"its header: {table.protocol_note}"]
+    else:
+        notes = [where + f"protocol `{table.protocol}` as the authors evaluated: {table.protocol_note}"]
+    if table.unranked_rows:
+        notes.append("Never marked best, doubtful in the source (see the table's notes): "
+                     + "; ".join(table.unranked_rows) + ".")
+    if not runs:
+        return notes
+    if _select_col(table) is None:
+        others = sorted({f"`{r.protocol}` ({r.code}, {r.record['protocol']['supervision']})"
+                         for r in runs if r.protocol != table.protocol})
+        if others:
+            notes.append("Mixed protocols: the run rows were evaluated under " + ", ".join(others)
+                         + f", the published rows under `{table.protocol}`; compare with care, or pass "
+                         f"`--protocol {table.protocol}` (after `harness eval --run DIR --protocol all`).")
+    synth = sorted({r.dataset for r in runs if r.synth})
+    if synth:
+        notes.append("[synth]: " + ", ".join(f"{d} stands in for {'/'.join(_stand_in(d))}" for d in synth)
+                     + ": the row shows the pipeline at work, not a number comparable with the paper's; "
+                     "it is never marked best.")
+    if table.backbone:
+        other = sorted({r.backbone for r in runs if r.backbone != table.backbone})
+        if other:
+            notes.append(f"Backbone: the published rows use {table.backbone}; the runs use {', '.join(other)}.")
+    return notes
+
+
+def _stand_in(dataset: str) -> tuple[str, ...]:
+    from harness.leaderboard.runs import STAND_INS
+
+    return STAND_INS.get(dataset, ())
+
+
+def _select_col(table: Table) -> int | None:
+    return next((j for j, c in enumerate(table.columns) if c.role == "select"), None)
+
+
+def _best(out: Rendered) -> set[tuple[int, int]]:
+    marks = set()
+    for j in out.table.value_columns:
+        rule = out.table.columns[j].best
+        if rule not in ("max", "min"):
+            continue
+        ranked = [(i, r.values[j]) for i, r in enumerate(out.rows)
+                  if r.values[j] is not None and r.ranked and not r.synth]
+        if not ranked:
+            continue
+        top = (max if rule == "max" else min)(v for _, v in ranked)
+        marks |= {(i, j) for i, v in ranked if abs(v - top) < 1e-9}
+    return marks
+
+
+# ------------------------------------------------------------------------------- formats
+
+
+def to_markdown(out: Rendered) -> str:
+    rows = [[f"**{c}**" if (i, j) in out.best and c else c for j, c in enumerate(r.cells)]
+            for i, r in enumerate(out.rows)]
+    body = tabulate(rows, headers=out.headers, tablefmt="github", disable_numparse=True)
+    head = f"**{out.table.title}**: {out.table.caption}\n\n"
+    return head + body + "\n\n" + "\n".join(f"{n + 1}. {f}" for n, f in enumerate(out.footnotes)) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "—": "---", "–": "--", "−": "$-$", "×": r"$\times$", "✓": r"$\checkmark$",
+                  "✗": r"$\times$", "²": r"$^2$", "≈": r"$\approx$", "τ": r"$\tau$", "σ": r"$\sigma$",
+                  "δ": r"$\delta$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
+                  "…": r"\ldots{}", "’": "'", "“": "``", "”": "''"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(out: Rendered) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}, and amssymb for a check mark)."""
+    t = out.table
+    spec = "".join("r" if c.role == "value" else "l" for c in t.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + latex_escape(f"{t.title}: {t.caption}") + "}",
+             r"\label{tab:" + t.id.replace(".", "-") + "}", r"\begin{tabular}{" + spec + "}", r"\toprule",
+             " & ".join(latex_escape(h) for h in out.headers) + r" \\", r"\midrule"]
+    previous = "published"
+    for i, r in enumerate(out.rows):
+        if r.kind != previous:
+            lines.append(r"\midrule")
+            previous = r.kind
+        cells = [r"\textbf{" + latex_escape(c) + "}" if (i, j) in out.best and c else latex_escape(c)
+                 for j, c in enumerate(r.cells)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if out.footnotes:
+        lines.append(r"\par\smallskip{\footnotesize " + r" \par ".join(
+            f"{n + 1}. " + latex_escape(f.replace("`", "")) for n, f in enumerate(out.footnotes)) + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(out: Rendered) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["kind", "protocol", "source", *out.headers])
+    for r in out.rows:
+        cells = [c if r.kind == "published" or v is None else repr(round(v, 6))
+                 for c, v in zip(r.cells, r.values)]
+        w.writerow([r.kind + (" (synth)" if r.synth else ""), r.protocol, r.source, *cells])
+    return buf.getvalue()
+
+
+HTML_STYLE = ("table.leaderboard{border-collapse:collapse;font:13px sans-serif;margin:1em 0}"
+              "table.leaderboard td,table.leaderboard th{padding:2px 6px;border-bottom:1px solid #ddd}"
+              "table.leaderboard td.num{text-align:right}table.leaderboard caption{text-align:left;"
+              "padding:4px 0}tr.run{background:#eef6ff}tr.synth td{color:#555;font-style:italic}"
+              "ol.footnotes{font:12px sans-serif;color:#444}")
+
+
+def to_html(out: Rendered) -> str:
+    """A whole page, no network: inline style only."""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(out.table.title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>{html_fragment(out)}</body></html>\n")
+
+
+def html_fragment(out: Rendered) -> str:
+    """The <table> and its footnotes, for pages that embed it (the run index); style: HTML_STYLE."""
+    e = html.escape
+    t = out.table
+    head = "".join(f"<th>{e(h)}</th>" for h in out.headers)
+    body = []
+    for i, r in enumerate(out.rows):
+        cls = r.kind + (" synth" if r.synth else "")
+        tds = "".join(
+            f"<td class='{'num' if t.columns[j].role == 'value' else 'txt'}'>"
+            + (f"<b>{e(c)}</b>" if (i, j) in out.best and c else e(c)) + "</td>"
+            for j, c in enumerate(r.cells))
+        body.append(f"<tr class='{cls}' title='{e(r.protocol)}'>{tds}</tr>")
+    notes = "".join(f"<li>{e(f)}</li>" for f in out.footnotes)
+    return (f"<table class='leaderboard' id='{e(t.id)}'><caption><b>{e(t.title)}</b>: {e(t.caption)}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<ol class='footnotes'>{notes}</ol>")
+
+
+def render(out: Rendered, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise HarnessError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return {"md": to_markdown, "latex": to_latex, "csv": to_csv, "html": to_html}[fmt](out)
