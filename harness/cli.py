@@ -120,6 +120,18 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--check", action="store_true", help="re-derive every printed average of the transcriptions")
     lb.add_argument("--run-root", default="runs", help="without --table: regenerate this root's leaderboard.md")
     lb.set_defaults(func=cmd_leaderboard)
+
+    rep = sub.add_parser("report", help="figures and report.html of a run; or an index page across runs")
+    rep.add_argument("--run", metavar="RUN_DIR", help="write RUN_DIR/figures/*.png and RUN_DIR/report.html")
+    rep.add_argument("--index", metavar="HTML", help="write an index page of --runs with the published tables "
+                     "they fit")
+    rep.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="with --index: run directories or roots")
+    rep.add_argument("--tables", nargs="+", metavar="ID", help="with --index: these tables (default: every table "
+                     "a run fits)")
+    rep.add_argument("--frames", type=int, default=16, help="test frames in the grid (default 16)")
+    rep.add_argument("--device", help="for runs whose maps were not saved: auto, cpu, cuda")
+    rep.add_argument("--no-progress", action="store_true")
+    rep.set_defaults(func=cmd_report)
     return p
 
 
@@ -142,7 +154,21 @@ def cmd_run(args) -> int:
     record = runner.execute(run_dir, progress=not args.no_progress)
     _print_record(record)
     print(f"result: {run_dir / results.RESULT_FILE}")
+    if (run_dir / "report.html").is_file():
+        print(f"report: {run_dir / 'report.html'}")
+    _print_fitting_tables(run_dir)
     return 0
+
+
+def _print_fitting_tables(run_dir: Path) -> None:
+    from harness.leaderboard.runs import fits, load_record
+    from harness.leaderboard.tables import all_tables
+
+    run = load_record(run_dir)
+    ids = [t.id for t in all_tables().values() if fits(t, run)]
+    if ids:
+        shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
+        print(f"published tables this run fits: {shown}\n  harness leaderboard --table {ids[0]} --runs {run_dir}")
 
 
 def _print_record(record: dict) -> None:
@@ -319,6 +345,34 @@ def cmd_leaderboard(args) -> int:
         raise HarnessError(f"run root {root} does not exist; pass --run-root DIR")
     path = results.write_leaderboard(root)
     print(path.read_text())
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.leaderboard import render
+    from harness.leaderboard.runs import fits, load_record, run_dirs
+    from harness.leaderboard.tables import all_tables, get
+    from harness.report import write_index, write_report
+
+    if bool(args.run) == bool(args.index):
+        raise HarnessError("give --run RUN_DIR (one run's report) or --index HTML --runs DIR ... (a page across runs)")
+    if args.frames < 1:
+        raise HarnessError(f"--frames {args.frames}: must be at least 1")
+    progress = not args.no_progress
+    if args.run:
+        print(f"wrote {write_report(args.run, args.frames, progress, args.device)}")
+        return 0
+    dirs = run_dirs(args.runs) if args.runs else []
+    if not dirs:
+        raise HarnessError("--index needs --runs DIR ... (run directories or run roots)")
+    records = [load_record(d) for d in dirs]
+    ids = args.tables or [t.id for t in all_tables().values() if any(fits(t, r) for r in records)]
+    tables = []
+    for n, table_id in enumerate(ids):
+        out = render.build(get(table_id), dirs)
+        style = f"<style>{render.HTML_STYLE}</style>" if n == 0 else ""
+        tables.append((out.table.title, style + render.html_fragment(out)))
+    print(f"wrote {write_index(args.index, dirs, tables, progress, args.frames)}")
     return 0
 
 

@@ -250,10 +250,24 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     }
     results.write_result(run_dir, record)
     results.write_leaderboard(run_dir.parent)
+    if cfg.run.get("report", True):
+        _write_report(run_dir, progress)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
              "Otsu per map" if tau is None else f"{tau[0]:.3f}", metrics["test"]["corloc"])
     return record
+
+
+def _write_report(run_dir: Path, progress: bool) -> None:
+    """The run's figures and report.html; the result is already written, so a failure here
+    costs only the report (`harness report --run DIR` makes it later)."""
+    from harness.report import write_report
+
+    try:
+        page = write_report(run_dir, progress=progress)
+        log.info("report: %s", page)
+    except (HarnessError, OSError, ValueError) as exc:
+        log.warning("no report for %s (%s); the result is saved, try `harness report --run %s`", run_dir, exc, run_dir)
 
 
 def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[int]):

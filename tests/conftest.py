@@ -23,6 +23,7 @@ TINY_YTO = {
     "classifier.feature_index": 1,
     "eval.threshold_step": 0.01,
     "classifier.cache": False,  # tests of training itself must train; test_stage_cache.py covers reuse
+    "run.report": False,  # the report has its own tests (test_report.py, the demo test)
     # the realistic protocol's annotator trains its own classifier: as tiny
     "annotators.cam-pg.classifier.epochs": 1,
     "annotators.cam-pg.classifier.batch_size": 16,

@@ -24,7 +24,7 @@ def _run_cli(tmp_path, *extra, overrides=TINY_YTO):
 
 @pytest.mark.slow
 def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
-    assert _run_cli(tmp_path) == 0
+    assert _run_cli(tmp_path, overrides={**TINY_YTO, "run.report": True}) == 0
     out = capsys.readouterr().out
     [run_dir] = tmp_path.glob("*-cam-gt-val")
     for name in ("config.py", "log.txt", "metrics.jsonl", "result.json"):
@@ -63,6 +63,11 @@ def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
 
     board = (tmp_path / "leaderboard.md").read_text()
     assert run_dir.name in board and "gt-val" in board
+    assert f"report: {run_dir / 'report.html'}" in out
+    assert "published tables this run fits: colocam-t1-ytov1" in out
+    page = (run_dir / "report.html").read_text()  # the run's report, written as it ended
+    for fig in ("test_frames", "threshold_curves", "epoch_curves", "class_corloc"):
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in page
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ device = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
 run = dict(
     root="runs",  # run directories go under this folder
+    report=True,  # write figures/ and report.html when the run ends (`harness report --run DIR` later)
 )
 
 # The classifier stage shared by every method that needs a trained classifier.
