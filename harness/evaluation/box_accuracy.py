@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.evaluation.boxes import _check_thresholds, _quantize, check_boxes, check_map
+from harness.evaluation.boxes import _boxes_of_binary, _check_thresholds, _quantize, check_boxes, check_map
 from harness.evaluation.component_tree import best_iou_at_thresholds, level_best_iou
 
 __all__ = ["best_iou_per_threshold", "BoxAccumulator", "select_threshold", "corloc_at"]
@@ -68,6 +68,14 @@ def otsu_level(q: np.ndarray) -> int:
     """Otsu's threshold of a quantized map: the binarization is ``q > level`` (OpenCV's)."""
     level, _ = cv2.threshold(q, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return int(level)
+
+
+def otsu_boxes(score_map: np.ndarray, multi_contour: bool = False) -> np.ndarray:
+    """The boxes of Otsu's binarization ``q > otsu_level(q)`` of the quantized map: what the
+    Otsu (OT) metrics score, as boxes (the accumulator itself reads only their IoU)."""
+    q = _quantize(check_map(score_map))
+    _, binary = cv2.threshold(q, otsu_level(q), 255, cv2.THRESH_BINARY)
+    return _boxes_of_binary(binary, bool(multi_contour))
 
 
 def pointing_hit(score_map: np.ndarray, gt: np.ndarray) -> bool:

@@ -8,14 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from harness import config as config_mod
 from harness.data.base import Frame, Split
 from harness.errors import HarnessError
-from harness.evaluation import boxes_at_thresholds, check_map, iou_matrix, otsu_level
-from harness.evaluation.boxes import _boxes_of_binary, _quantize
+from harness.evaluation import boxes_at_thresholds, iou_matrix, otsu_boxes
 from harness.inference import _Subset, evaluated_frames, iterate_maps, saved_maps
 from harness.registry import registry
 from harness.report.rundir import Run
@@ -67,9 +65,7 @@ def predicted_boxes(score_map: np.ndarray, tau: float | None, multi_contour: boo
     ``q > otsu_level(q)`` of the quantized map (the OT setting)."""
     if tau is not None:
         return boxes_at_thresholds(score_map, [tau], multi_contour)[0]
-    q = _quantize(check_map(score_map))
-    _, binary = cv2.threshold(q, otsu_level(q), 255, cv2.THRESH_BINARY)
-    return _boxes_of_binary(binary, multi_contour)
+    return otsu_boxes(score_map, multi_contour)
 
 
 def drawn_frames(run: Run, n: int = 16, split_name: str = "test", device: str | None = None,
