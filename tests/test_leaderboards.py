@@ -223,7 +223,7 @@ def test_synth_run_row_is_inserted_marked_and_never_ranked(tmp_path):
     out = render.build(get("colocam-t1-ytov1"), [tmp_path])
     run = out.rows[-1]
     assert run.kind == "run" and run.synth
-    assert run.cells[0] == "colocam (resnet18, synth-yto) [synth]"
+    assert run.cells[0] == "colocam (resnet18, synth-yto, pseudo-box-val) [synth]"
     assert run.cells[1:12] == ["100.0"] * 11 and run.cells[12] == ""
     assert not any(i == len(out.rows) - 1 for i, _ in out.best)
     avg = get("colocam-t1-ytov1").col("Avg")
@@ -242,7 +242,7 @@ def test_real_dataset_run_competes_for_best_and_same_protocol_has_no_mixed_footn
     assert (last, t.col("Avg")) in out.best and (25, t.col("Avg")) not in out.best
     assert (14, t.col("Aero")) in out.best  # SPFTN (P) 97.3 still beats 90.0 on Aero
     assert not any("Mixed protocols" in f or "[synth]" in f or "Backbone" in f for f in out.footnotes)
-    assert out.rows[-1].cells[0] == "colocam (resnet50, ytov1)"
+    assert out.rows[-1].cells[0] == "colocam (resnet50, ytov1, test-threshold-per-class)"
 
 
 def test_protocol_option_takes_the_runs_reevaluation(tmp_path):
@@ -356,7 +356,7 @@ def test_cli_table_list_match_and_errors(tmp_path, capsys):
     _fake_run(tmp_path, "r1")
     assert main(["leaderboard", "--table", "colocam-t1-ytov1", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "colocam (resnet18, synth-yto) [synth]" in out and "| 82.1 " not in out
+    assert "colocam (resnet18, synth-yto, pseudo-box-val) [synth]" in out and "| 82.1 " not in out
     assert main(["leaderboard", "--table", "colocam-t1-ytov1", "--runs", str(tmp_path), "--format", "latex",
                  "--out", str(tmp_path / "t.tex")]) == 0
     assert (tmp_path / "t.tex").read_text().startswith(r"\begin{table}")
@@ -394,7 +394,7 @@ def test_select_coded_table_gets_one_row_per_setting_from_the_grid(tmp_path):
     assert rows["BV-VT"].cells[t.col("CUB GT")] == "52.00"
     assert rows["BV-VT"].cells[t.col("CUB SS")] == "50.00"  # the run's own result wins over the grid's copy
     assert rows["BV-VT"].cells[t.col("CUB RPN")] == "" and rows["BV-VT"].cells[t.col("ILSVRC GT")] == ""
-    assert all(r.synth for r in rows.values())
+    assert all(r.synth and r.cells[0] == "colocam (resnet18, synth-cub) [synth]" for r in rows.values())
 
 
 def test_doubtful_rows_are_never_marked_best_and_said_so():

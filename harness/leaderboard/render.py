@@ -62,7 +62,7 @@ def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None
             out.skipped.append(f"{run_dir}: {rec.dataset} run has no cell of {table.id} "
                                f"({', '.join(sorted(table.datasets))}; {table.metric})")
         run_rows += made
-    _label_runs(run_rows)
+    _label_runs(table, run_rows)
     out.rows += [row for row, _ in run_rows]
     out.best = _best(out)
     out.footnotes = _footnotes(table, [r for _, r in run_rows])
@@ -116,10 +116,13 @@ def _run_row(table: Table, run: RunRecord, values: list[float | None]) -> Row:
                source=f"{run.run_dir} ({run.source})")
 
 
-def _label_runs(run_rows: list[tuple[Row, RunRecord]]) -> None:
-    """Label column: plugin (backbone, dataset); the run id where labels would repeat;
-    [synth] for a stand-in dataset; * for a protocol other than the published rows'."""
-    base = [f"{r.plugin} ({r.backbone}, {r.dataset})" for _, r in run_rows]
+def _label_runs(table: Table, run_rows: list[tuple[Row, RunRecord]]) -> None:
+    """Label column: plugin (backbone, dataset, protocol: the row carries what it was evaluated
+    under; in select-coded tables the Select column says it); the run id where labels would
+    repeat; [synth] for a stand-in dataset."""
+    coded = _select_col(table) is not None
+    base = [f"{r.plugin} ({r.backbone}, {r.dataset}" + ("" if coded else f", {r.protocol}") + ")"
+            for _, r in run_rows]
     for (row, run), label in zip(run_rows, base):
         text = label
         if base.count(label) > 1 and sum(1 for _, r in run_rows if r.run_dir == run.run_dir) < base.count(label):
