@@ -406,3 +406,22 @@ def test_doubtful_rows_are_never_marked_best_and_said_so():
     assert {i for i, j in out.best if j == gt} == {32}  # SAT BT-TT 92.14, the best undoubted cell
     assert not {i for i, _ in out.best} & dips
     assert any("DiPS | BV-VT" in f for f in out.footnotes)
+
+
+def test_a_one_backbone_run_fills_its_backbone_column_and_no_mean_over_backbones(tmp_path):
+    """F-CAM Table 1: CUB MaxBoxAcc per backbone and their Mean; a ResNet-18 run on the CUB
+    stand-in fills the ResNet column only (its family), never the three-backbone Mean, nor
+    the OpenImages block (synth-cub speaks for the table's first dataset, CUB)."""
+    run = _fake_run(tmp_path, "cub", dataset="synth-cub")
+    t = get("fcam-t1")
+    out = render.build(t, [run])
+    cells = dict(zip(out.headers, out.rows[-1].cells))
+    assert cells["CUB ResNet"] == "60.0"  # max_box_acc at IoU 0.5
+    assert [cells[h] for h in ("CUB VGG", "CUB Inception", "CUB Mean", "OI VGG", "OI ResNet", "OI Mean")] == [""] * 6
+
+
+def test_a_derived_average_is_the_mean_of_the_runs_own_cells(tmp_path):
+    per_class = [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 95.0]
+    _fake_run(tmp_path, "r", per_class=per_class)
+    out = render.build(get("colocam-t1-ytov1"), [tmp_path])
+    assert out.rows[-1].cells[11] == "45.5"

@@ -108,12 +108,25 @@ def _select_rows(table: Table, run_dir: Path) -> list[tuple[Row, RunRecord]]:
 
 
 def _run_row(table: Table, run: RunRecord, values: list[float | None]) -> Row:
+    values = _derived(table, values)
     cells = []
     for c, v in zip(table.columns, values):
         decimals = c.decimals if c.decimals is not None else table.decimals
         cells.append("" if v is None else f"{v:.{decimals}f}")
     return Row(cells, values, "run", run.synth, protocol=f"{run.protocol} ({run.code})",
                source=f"{run.run_dir} ({run.source})")
+
+
+def _derived(table: Table, values: list[float | None]) -> list[float | None]:
+    """A column the table defines as a mean of others (a Mean over backbones, an Avg over
+    classes) holds the run's mean of those cells when it has them all, else stays empty: a
+    one-backbone run has no mean over three backbones."""
+    values = list(values)
+    for spec in table.checks:
+        if spec.get("rule") == "mean" and "result" in spec:
+            operands = [values[table.col(c)] for c in spec["columns"]]
+            values[table.col(spec["result"])] = None if None in operands else sum(operands) / len(operands)
+    return values
 
 
 def _label_runs(table: Table, run_rows: list[tuple[Row, RunRecord]]) -> None:

@@ -46,7 +46,8 @@ class RunRecord:
 
     @property
     def backbone(self) -> str:
-        cfg = self.record.get("config", {})
+        # re-evaluation records leave the config out: it is the run's, in result.json
+        cfg = self.record.get("config") or _read(self.run_dir / RESULT_FILE).get("config", {})
         return (cfg.get("classifier") or {}).get("backbone") or "?"
 
     @property
