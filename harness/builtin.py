@@ -25,7 +25,51 @@ def harness_register_datasets():
             "Synthetic CUB-style images: one object each, a small fully-annotated val split",
             config={"data": {"name": "synth-cub", **SYNTH_CUB_DEFAULTS}},
         ),
+        *_real_entries(),
     ]
+
+
+# The real benchmarks: (name, module, reader object, description).
+REAL_DATASETS = [
+    ("ytov1", "harness.data.youtube_objects", "YTOV1",
+     "YouTube-Objects v1.0 (Prest et al. 2012): 10 classes, 155 videos; data.root=PATH"),
+    ("ytov2.2", "harness.data.youtube_objects", "YTOV2_2",
+     "YouTube-Objects v2.2 (Kalogeiton et al. 2016): 10 classes, 2,667 test boxes; data.root=PATH"),
+    ("cub", "harness.data.wsol_metadata", "CUB",
+     "CUB-200-2011 in Choe et al.'s metadata format (CUBV2 val); data.root=PATH"),
+    ("ilsvrc", "harness.data.wsol_metadata", "ILSVRC",
+     "ILSVRC 2012 in Choe et al.'s metadata format (ImageNetV2 val); data.root=PATH"),
+    ("openimages", "harness.data.wsol_metadata", "OPENIMAGES",
+     "OpenImages30k (Choe et al.): 100 classes, instance masks for PxAP; data.root=PATH"),
+]
+
+
+def real_reader(module: str, attr: str):
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
+
+
+def _real(module: str, attr: str):
+    def build(data_cfg: dict, progress: bool = True):
+        from harness.data.real import load_real
+
+        return load_real(real_reader(module, attr), data_cfg, progress=progress)
+
+    build.reader = lambda: real_reader(module, attr)  # `harness data prepare` checks through the reader
+    return build
+
+
+def _real_entries() -> list:
+    from harness.data.real import COMMON_DEFAULTS
+
+    entries = []
+    for name, module, attr, text in REAL_DATASETS:
+        reader = real_reader(module, attr)
+        config = {"data": {"name": name, **COMMON_DEFAULTS, **reader.defaults},
+                  "loader": {"num_workers": 2}}  # JPEG decoding: keep both cores busy
+        entries.append(Entry(name, _real(module, attr), text, config=config))
+    return entries
 
 
 def _synth(kind: str):

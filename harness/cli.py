@@ -99,11 +99,22 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
                        help="generator parameters, e.g. data.seed=1 data.image_size=96")
     synth.set_defaults(func=cmd_data_synth)
+    prep = dsub.add_parser("prepare", help="check a copy of a real dataset, index it, compare with the "
+                           "published split sizes")
+    prep.add_argument("name", help="ytov1, ytov2.2, cub, ilsvrc, openimages (or a synthetic one)")
+    prep.add_argument("--root", help="the dataset folder (data.root); see docs/datasets.md for the layout")
+    prep.add_argument("--check", default="eval", choices=["eval", "full", "headers", "none"],
+                      help="images to open: eval = decode val/test, header of train (default); full = decode all")
+    prep.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+                      help="reader settings, e.g. data.train_frames_per_shot=0")
+    prep.add_argument("--no-progress", action="store_true")
+    prep.set_defaults(func=cmd_data_prepare)
     show = dsub.add_parser("show", help="write a PNG grid of frames with their GT boxes")
     show.add_argument("--name", default="synth-yto", help="dataset")
     show.add_argument("--split", default="val")
     show.add_argument("-n", type=int, default=16, help="number of frames")
     show.add_argument("--out", help="PNG path (default: <name>-<split>.png)")
+    show.add_argument("--root", help="for a real dataset: its folder (data.root)")
     show.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE")
     show.set_defaults(func=cmd_data_show)
 
@@ -300,10 +311,26 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_prepare(args) -> int:
+    from harness.data.prepare import prepare
+    from harness.data.synth import summary
+
+    overrides = {**args.cfg_options, **({"data.root": args.root} if args.root else {})}
+    entry, cfg = _dataset_config(args.name, overrides)
+    reader = getattr(entry.factory, "reader", None)
+    if reader is None:  # a synthetic or third-party dataset: building it is its check
+        ds = entry.factory(cfg.data, progress=not args.no_progress)
+        print(summary(ds) if args.name.startswith("synth-") else f"{ds.name}: {ds.identity}")
+        return 0
+    print(prepare(reader(), cfg.data.to_dict(), args.check, progress=not args.no_progress))
+    return 0
+
+
 def cmd_data_show(args) -> int:
     from harness.data.show import save_grid
 
-    entry, cfg = _dataset_config(args.name, args.cfg_options)
+    overrides = {**args.cfg_options, **({"data.root": args.root} if args.root else {})}
+    entry, cfg = _dataset_config(args.name, overrides)
     ds = entry.factory(cfg.data)
     out = Path(args.out or f"{args.name}-{args.split}.png")
     ds.split(args.split)  # a clear error for an unknown split before drawing

@@ -102,7 +102,8 @@ def accumulate(
         for name, acc in pseudo.items():
             acc.add(score_map, targets[name].for_frame(frame.id), frame.label, frame.id, logits)
         if masks is not None:
-            masks.add(score_map, split.read_mask(i), frame.id)
+            ignore = split.read_ignore(i) if split.read_ignore is not None else None
+            masks.add(score_map, split.read_mask(i), frame.id, ignore)
         if save_to is not None:
             if writer is None:
                 writer = _MapWriter(save_to, len(indices), score_map.shape, num_classes)

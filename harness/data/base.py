@@ -48,13 +48,15 @@ class Split:
     """Frames of one split and a way to read their pixels.
 
     ``read(i)`` returns the RGB image of ``frames[i]`` as ``uint8`` of shape ``(H, W, 3)``.
-    ``read_mask(i)``, where the split has pixel GT, returns a ``bool`` ``(H, W)`` object mask.
+    ``read_mask(i)``, where the split has pixel GT, returns a ``bool`` ``(H, W)`` object mask;
+    ``read_ignore(i)``, where the GT marks regions to leave out of PxAP (OpenImages), their mask.
     """
 
     name: str
     frames: list[Frame]
     read: Callable[[int], np.ndarray]
     read_mask: Callable[[int], np.ndarray] | None = None
+    read_ignore: Callable[[int], np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.frames)

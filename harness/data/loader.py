@@ -1,6 +1,7 @@
 """Torch views of a :class:`harness.data.base.Split`: tensors, augmentation, loaders."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -11,6 +12,23 @@ from harness.data.base import Split
 # whose weights expect other ones says so (Method.normalization).
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def make_loader(dataset: Dataset, num_workers: int = 0, **kwargs) -> DataLoader:
+    """A DataLoader whose worker processes can use OpenCV.
+
+    OpenCV's thread pool does not survive fork: a worker forked while the parent's pool
+    threads exist deadlocks on its first parallel cv2 call (a resize, a blur). With workers,
+    the workers are the parallelism, so the parent's pool is shrunk to one thread before they
+    fork, and each worker runs OpenCV on one thread."""
+    if num_workers > 0:
+        cv2.setNumThreads(1)
+        kwargs["worker_init_fn"] = _single_threaded_worker
+    return DataLoader(dataset, num_workers=num_workers, **kwargs)
+
+
+def _single_threaded_worker(_: int) -> None:
+    cv2.setNumThreads(1)
 
 
 def to_tensor(image: np.ndarray, normalization: Normalization = IMAGENET) -> torch.Tensor:
@@ -44,19 +62,19 @@ def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0,
     ``batch_sampler`` (e.g. whole groups of frames of a shot) replaces the shuffled batches."""
     gen = torch.Generator().manual_seed(seed)
     if batch_sampler is not None:
-        return DataLoader(FrameDataset(split, hflip=hflip, normalization=normalization), batch_sampler=batch_sampler,
-                          num_workers=num_workers, generator=gen)
-    return DataLoader(
+        return make_loader(FrameDataset(split, hflip=hflip, normalization=normalization), num_workers,
+                           batch_sampler=batch_sampler, generator=gen)
+    return make_loader(
         FrameDataset(split, hflip=hflip, normalization=normalization),
+        num_workers,
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(split) > batch_size,  # a 1-frame last batch breaks BatchNorm
-        num_workers=num_workers,
         generator=gen,
     )
 
 
 def eval_loader(split: Split, batch_size: int, num_workers: int = 0,
                 normalization: Normalization = IMAGENET) -> DataLoader:
-    return DataLoader(FrameDataset(split, normalization=normalization), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers)
+    return make_loader(FrameDataset(split, normalization=normalization), num_workers, batch_size=batch_size,
+                       shuffle=False)
