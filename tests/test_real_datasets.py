@@ -245,3 +245,10 @@ def test_fcam_family_runs_on_ytov1_unchanged(tmp_path):
     record = runner.execute(run_dir, progress=False)
     assert record["dataset"]["name"] == "ytov1" and record["selection"]["stage"] == "decoder"
     assert 0 <= record["metrics"]["test"]["corloc"] <= 100
+
+
+def test_prepare_takes_the_synthetic_datasets_through_the_same_interface(capsys):
+    assert main(["data", "prepare", "synth-cub", "--no-progress", "--cfg-options", "data.image_size=32",
+                 "data.num_classes=4", "data.train_images_per_class=4", "data.val_images_per_class=2",
+                 "data.test_images_per_class=2"]) == 0
+    assert "synth-cub" in capsys.readouterr().out
