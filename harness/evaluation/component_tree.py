@@ -56,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from harness.numba_kernels import compile_kernels
+
 __all__ = [
     "level_best_iou",
     "best_iou_at_thresholds",
@@ -589,34 +591,19 @@ _compiled = False
 _TABLES = None  # set by _kernels()
 
 
-_compile_lock = threading.Lock()
-
-
 def _kernels() -> None:
-    """Import numba and replace the kernels by their compiled versions (once per process)."""
-    global _compiled
+    """Replace the kernels by their compiled versions (once per process)."""
+    global _compiled, _TABLES
     if _compiled:
         return
-    with _compile_lock:
-        if not _compiled:
-            _wrap_kernels()
-
-
-def _wrap_kernels() -> None:
-    global _compiled
+    if _TABLES is None:
+        _TABLES = _neighbour_tables()
     try:
-        import numba
+        compile_kernels(globals(), _KERNEL_NAMES, _INLINED)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
             "harness.evaluation.component_tree needs numba for the box metrics: pip install numba"
         ) from exc
-    g = globals()
-    g["_TABLES"] = _neighbour_tables()
-    for name in _KERNEL_NAMES:  # helpers first: later kernels resolve them as dispatchers
-        fn = g[name]
-        if not isinstance(fn, numba.core.dispatcher.Dispatcher):
-            options = {"inline": "always"} if name in _INLINED else {}
-            g[name] = numba.njit(cache=True, nogil=True, **options)(fn)
     _compiled = True
 
 

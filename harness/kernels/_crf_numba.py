@@ -35,6 +35,8 @@ import threading
 
 import numpy as np
 
+from harness.numba_kernels import compile_kernels
+
 # ----------------------------------------------------------------------------- kernels
 # Plain Python here; _kernels() replaces each name by its numba dispatcher on first use.
 
@@ -123,6 +125,20 @@ def _point_output(acc, basis, b, i, oi):
             oi[k] += p * acc[q * K + k]
 
 
+def _grid3(dims, strides, uC, like):
+    """What the dg = 3 splat and slice share: flat strides of the three axes for ``uC`` channels,
+    the highest lower node of each axis, the flat offsets of a cell's 8 corners, and work arrays
+    for a block's corner cells and weights (weights in ``like``'s dtype)."""
+    s0 = np.uint64(strides[0]) * uC
+    s1 = np.uint64(strides[1]) * uC
+    s2 = np.uint64(strides[2]) * uC
+    e0max = np.float32(dims[0] - 2)
+    e1max = np.float32(dims[1] - 2)
+    e2max = np.float32(dims[2] - 2)
+    offs = np.array([0, s2, s1, s1 + s2, s0, s0 + s2, s0 + s1, s0 + s1 + s2], np.uint64)
+    return s0, s1, s2, e0max, e1max, e2max, offs, np.empty(_BLOCK, np.uint64), np.empty((8, _BLOCK), like.dtype)
+
+
 def _splat3(feat, lo, inv_cell, f0, dims, strides, vals, basis, grid, b0, b1, i0, i1):
     """grid[b] += splat of points i0..i1 of groups b0..b1, for dg = 3.
 
@@ -133,15 +149,7 @@ def _splat3(feat, lo, inv_cell, f0, dims, strides, vals, basis, grid, b0, b1, i0
     C = vals.shape[2] * max(basis.shape[2], 1)
     vv = np.empty(C, vals.dtype)
     uC = np.uint64(C)
-    s0 = np.uint64(strides[0]) * uC
-    s1 = np.uint64(strides[1]) * uC
-    s2 = np.uint64(strides[2]) * uC
-    e0max = np.float32(dims[0] - 2)
-    e1max = np.float32(dims[1] - 2)
-    e2max = np.float32(dims[2] - 2)
-    offs = np.array([0, s2, s1, s1 + s2, s0, s0 + s2, s0 + s1, s0 + s1 + s2], np.uint64)
-    cs = np.empty(_BLOCK, np.uint64)
-    W = np.empty((8, _BLOCK), vals.dtype)
+    s0, s1, s2, e0max, e1max, e2max, offs, cs, W = _grid3(dims, strides, uC, vv)
     one = np.uint64(1)
     for b in range(b0, b1):
         gb = grid[b]
@@ -179,15 +187,7 @@ def _slice3(feat, lo, inv_cell, f0, dims, strides, basis, grid, out, b0, b1, i0,
     C = out.shape[2] * max(basis.shape[2], 1)
     acc = np.empty(C, out.dtype)
     uC = np.uint64(C)
-    s0 = np.uint64(strides[0]) * uC
-    s1 = np.uint64(strides[1]) * uC
-    s2 = np.uint64(strides[2]) * uC
-    e0max = np.float32(dims[0] - 2)
-    e1max = np.float32(dims[1] - 2)
-    e2max = np.float32(dims[2] - 2)
-    offs = np.array([0, s2, s1, s1 + s2, s0, s0 + s2, s0 + s1, s0 + s1 + s2], np.uint64)
-    cs = np.empty(_BLOCK, np.uint64)
-    W = np.empty((8, _BLOCK), out.dtype)
+    s0, s1, s2, e0max, e1max, e2max, offs, cs, W = _grid3(dims, strides, uC, acc)
     one = np.uint64(1)
     for b in range(b0, b1):
         gb = grid[b]
@@ -433,28 +433,17 @@ def _scale(src, dst, c, x0, x1):
 
 # ----------------------------------------------------------------------------- compilation
 
-_INLINED = ("_corner_weights", "_blur_axis", "_coords3", "_point_values", "_point_output")
+_INLINED = ("_corner_weights", "_blur_axis", "_coords3", "_grid3", "_point_values", "_point_output")
 _KERNEL_NAMES = _INLINED + ("_minmax", "_splat3", "_slice3", "_splat_any", "_slice_any", "_blur", "_add_into",
                             "_dot", "_scale", "_basis")
 _compiled = False
-_compile_lock = threading.Lock()
 
 
 def _kernels() -> None:
-    """Import numba and replace the kernels by their compiled versions (once per process)."""
+    """Replace the kernels by their compiled versions (once per process)."""
     global _compiled
-    if _compiled:
-        return
-    with _compile_lock:
-        if _compiled:
-            return
-        import numba  # ImportError is the caller's to report
-
-        g = globals()
-        for name in _KERNEL_NAMES:  # helpers first: later kernels resolve them as dispatchers
-            if not isinstance(g[name], numba.core.dispatcher.Dispatcher):
-                options = {"inline": "always"} if name in _INLINED else {}
-                g[name] = numba.njit(cache=True, nogil=True, **options)(g[name])
+    if not _compiled:
+        compile_kernels(globals(), _KERNEL_NAMES, _INLINED)  # ImportError is the caller's to report
         _compiled = True
 
 
