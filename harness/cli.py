@@ -172,11 +172,9 @@ def cmd_run(args) -> int:
 
 
 def _print_fitting_tables(run_dir: Path) -> None:
-    from harness.leaderboard.runs import fits, load_record
-    from harness.leaderboard.tables import all_tables
+    from harness.leaderboard.runs import fitting_tables, load_record
 
-    run = load_record(run_dir)
-    ids = [t.id for t in all_tables().values() if fits(t, run)]
+    ids = fitting_tables([load_record(run_dir)])
     if ids:
         shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
         print(f"published tables this run fits: {shown}\n  harness leaderboard --table {ids[0]} --runs {run_dir}")
@@ -377,8 +375,8 @@ def cmd_leaderboard(args) -> int:
 
 def cmd_report(args) -> int:
     from harness.leaderboard import render
-    from harness.leaderboard.runs import fits, load_record, run_dirs
-    from harness.leaderboard.tables import all_tables, get
+    from harness.leaderboard.runs import fitting_tables, load_record, run_dirs
+    from harness.leaderboard.tables import get
     from harness.report import write_index, write_report
 
     if bool(args.run) == bool(args.index):
@@ -392,8 +390,7 @@ def cmd_report(args) -> int:
     dirs = run_dirs(args.runs) if args.runs else []
     if not dirs:
         raise HarnessError("--index needs --runs DIR ... (run directories or run roots)")
-    records = [load_record(d) for d in dirs]
-    ids = args.tables or [t.id for t in all_tables().values() if any(fits(t, r) for r in records)]
+    ids = args.tables or fitting_tables([load_record(d) for d in dirs])
     tables = []
     for n, table_id in enumerate(ids):
         out = render.build(get(table_id), dirs)

@@ -9,6 +9,7 @@ cached under ``$HARNESS_HOME/index/``; ``harness data prepare`` rebuilds and che
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, replace
@@ -189,13 +190,16 @@ def _split(reader, root: Path, name: str, frames: list[IndexedFrame], size: int,
 
     read_mask = read_ignore = None
     if any(f.masks for f in frames):
-        mask_reader = getattr(reader, "read_mask")
+        # PxAP asks for a frame's mask, then its ignore region: both come from one read
+        @functools.lru_cache(maxsize=1)
+        def masks(i: int) -> tuple[np.ndarray, np.ndarray]:
+            return reader.read_mask(root, frames[i], (size, size))
 
         def read_mask(i: int) -> np.ndarray:
-            return mask_reader(root, frames[i], (size, size))[0]
+            return masks(i)[0]
 
         def read_ignore(i: int) -> np.ndarray:
-            return mask_reader(root, frames[i], (size, size))[1]
+            return masks(i)[1]
 
     return Split(name, served, read, read_mask, read_ignore)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from harness.leaderboard import checks, render
-from harness.leaderboard.runs import fits, load_record, run_dirs
+from harness.leaderboard.runs import fitting_tables, load_record, run_dirs
 from harness.leaderboard.tables import PAPERS, all_tables, get
 
 
@@ -24,7 +24,7 @@ def match(runs: list[str]) -> str:
     lines = []
     for run_dir in run_dirs(runs):
         run = load_record(run_dir)
-        fitting = [t.id for t in all_tables().values() if fits(t, run)]
+        fitting = fitting_tables([run])
         lines.append(f"{run_dir} ({run.plugin}, {run.dataset}, {run.protocol}): "
                      + (", ".join(fitting) if fitting else "no table (no published table on this dataset)"))
     return "\n".join(lines)

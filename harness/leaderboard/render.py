@@ -16,7 +16,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness.errors import HarnessError
-from harness.leaderboard.runs import RunRecord, all_records, cell_value, load_record, run_dirs, target_dataset
+from harness.leaderboard.runs import STAND_INS, RunRecord, all_records, cell_value, load_record, run_dirs, target_dataset
 from harness.leaderboard.tables import PAPERS, THRESHOLDS, Table
 
 FORMATS = ("md", "latex", "csv", "html")
@@ -166,7 +166,7 @@ def _footnotes(table: Table, runs: list[RunRecord]) -> list[str]:
                          f"`--protocol {table.protocol}` (after `harness eval --run DIR --protocol all`).")
     synth = sorted({r.dataset for r in runs if r.synth})
     if synth:
-        notes.append("[synth]: " + ", ".join(f"{d} stands in for {'/'.join(_stand_in(d))}" for d in synth)
+        notes.append("[synth]: " + ", ".join(f"{d} stands in for {'/'.join(STAND_INS[d])}" for d in synth)
                      + ": the row shows the pipeline at work, not a number comparable with the paper's; "
                      "it is never marked best.")
     if table.backbone:
@@ -174,12 +174,6 @@ def _footnotes(table: Table, runs: list[RunRecord]) -> list[str]:
         if other:
             notes.append(f"Backbone: the published rows use {table.backbone}; the runs use {', '.join(other)}.")
     return notes
-
-
-def _stand_in(dataset: str) -> tuple[str, ...]:
-    from harness.leaderboard.runs import STAND_INS
-
-    return STAND_INS.get(dataset, ())
 
 
 def _select_col(table: Table) -> int | None:

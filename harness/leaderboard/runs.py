@@ -14,7 +14,7 @@ from pathlib import Path
 from statistics import mean
 
 from harness.errors import HarnessError
-from harness.leaderboard.tables import Column, Table
+from harness.leaderboard.tables import Column, Table, all_tables
 from harness.results import RESULT_FILE
 
 # The synthetic datasets exercise the same pipeline as the real ones; their rows are
@@ -46,8 +46,7 @@ class RunRecord:
 
     @property
     def backbone(self) -> str:
-        # re-evaluation records leave the config out: it is the run's, in result.json
-        cfg = self.record.get("config") or _read(self.run_dir / RESULT_FILE).get("config", {})
+        cfg = self.record.get("config") or {}
         return (cfg.get("classifier") or {}).get("backbone") or "?"
 
     @property
@@ -106,20 +105,31 @@ def load_record(run_dir: Path, protocol: str | None = None) -> RunRecord:
     if path is None:
         raise HarnessError(f"{run_dir} has no evaluation under protocol {protocol!r}: run "
                            f"`harness eval --run {run_dir} --protocol all` first")
-    return RunRecord(run_dir, _read(path), str(path.relative_to(run_dir)))
+    return _reevaluation(run_dir, path, own)
 
 
 def all_records(run_dir: Path) -> list[RunRecord]:
     """The run's result and every re-evaluation of it (presets and the grid), one per
     (setting code, supervision); the run's own result wins a tie."""
-    out: dict[tuple[str, str], RunRecord] = {}
-    paths = [run_dir / RESULT_FILE, *sorted((run_dir / "evaluations").glob("*.json")),
-             *sorted((run_dir / "evaluations" / "grid").glob("*.json"))]
-    for path in paths:
-        if path.is_file():
-            r = RunRecord(run_dir, _read(path), str(path.relative_to(run_dir)))
-            out.setdefault((r.code, r.supervision), r)
+    own = load_record(run_dir)
+    out: dict[tuple[str, str], RunRecord] = {(own.code, own.supervision): own}
+    for path in [*sorted((run_dir / "evaluations").glob("*.json")),
+                 *sorted((run_dir / "evaluations" / "grid").glob("*.json"))]:
+        r = _reevaluation(run_dir, path, own.record)
+        out.setdefault((r.code, r.supervision), r)
     return list(out.values())
+
+
+def _reevaluation(run_dir: Path, path: Path, own: dict) -> RunRecord:
+    """A record of ``harness eval``; it leaves the config out, which is the run's own."""
+    record = _read(path)
+    record.setdefault("config", own.get("config", {}))
+    return RunRecord(run_dir, record, str(path.relative_to(run_dir)))
+
+
+def fitting_tables(runs: list[RunRecord]) -> list[str]:
+    """Ids of the published tables at least one of ``runs`` fills a cell of."""
+    return [t.id for t in all_tables().values() if any(fits(t, r) for r in runs)]
 
 
 def target_dataset(table: Table, run: RunRecord) -> str | None:
