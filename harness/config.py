@@ -22,30 +22,94 @@ _REPLACED_SECTIONS = {"data", "protocol"}
 
 
 def read_file(path: str | Path) -> dict:
+    """A config file as a dict. ``.py`` files are programs (mmengine configs) and run as such;
+    JSON and YAML files are data: they are parsed with ``json`` and ``yaml.safe_load``, never
+    with mmengine's YAML loader, which builds arbitrary Python objects (``!!python/...`` tags)."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"config file {path} does not exist")
     try:
+        if path.suffix in (".yaml", ".yml", ".json"):
+            import json
+
+            import yaml
+
+            text = path.read_text(encoding="utf-8")
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            if not isinstance(data, dict):
+                raise ValueError(f"the file holds a {type(data).__name__}, not a mapping of sections")
+            return data
         return Config.fromfile(str(path)).to_dict()
     except Exception as exc:
-        raise HarnessError(f"cannot read config file {path}: {exc}") from exc
+        raise HarnessError(f"cannot read config file {path}: {type(exc).__name__}: {exc}") from exc
 
 
 Layer = "str | Path | Mapping[str, Any] | None"
 
 
+def layer_dict(layer: Layer) -> dict:
+    """A config layer as a dict: a file is read, a mapping copied, None is empty; a registry
+    entry gives its own config (:meth:`harness.registry.Entry.layer`)."""
+    if layer is None:
+        return {}
+    if hasattr(layer, "layer") and callable(layer.layer):
+        return layer.layer()
+    if callable(layer):  # a registry entry's lazily computed config
+        layer = layer()
+    return dict(layer) if isinstance(layer, Mapping) else read_file(layer)
+
+
 def compose(method_config: Layer, protocol_config: Layer, dataset_config: Layer, overrides=None,
-            defaults: Layer = None) -> Config:
+            defaults: Layer = None, method_name: str = "the plugin") -> Config:
     """Each layer is a config file or a dict of sections; ``defaults`` (e.g. every registered
-    annotator's settings) goes right over the base, under the plugin."""
+    annotator's settings) goes right over the base, under the plugin. The plugin's defaults are
+    checked against the harness's sections as ``--cfg-options`` are: a plugin may add sections
+    of its own, but a typo inside a harness section (``classifier = dict(epoch=1)``) is an
+    error, not a silently different run."""
     cfg = read_file(BASE_CONFIG)
-    for layer in (defaults, method_config, protocol_config, dataset_config):
+    if defaults is not None:
+        cfg = merge(cfg, layer_dict(defaults))
+    method_layer = layer_dict(method_config)
+    where = getattr(method_config, "config", method_config)
+    check_layer(cfg, method_layer, f"{method_name}'s default config"
+                + (f" ({where})" if isinstance(where, (str, Path)) else ""))
+    cfg = merge(cfg, method_layer)
+    for layer in (protocol_config, dataset_config):
         if layer is not None:
-            cfg = merge(cfg, layer if isinstance(layer, Mapping) else read_file(layer))
+            cfg = merge(cfg, layer_dict(layer))
     config = Config(cfg)
     if overrides:
         apply_overrides(config, overrides)
     return config
+
+
+def check_layer(base: Mapping, layer: Mapping, what: str) -> None:
+    """Every key ``layer`` sets inside a section ``base`` already has must exist there, with a
+    value of the same type (new top-level sections are the layer's own)."""
+    for section, value in layer.items():
+        if section not in base or section in _REPLACED_SECTIONS:
+            continue
+        if isinstance(base[section], Mapping) and isinstance(value, Mapping):
+            flat = flatten(value, section + ".") if value else {}
+        else:
+            flat = {section: value}
+        try:
+            for dotted, v in flat.items():
+                _check_type(dotted, _lookup(base, dotted), v)
+        except HarnessError as exc:
+            raise HarnessError(f"{what}: {exc}") from exc
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """``{'a.b': 1}`` -> ``{'a': {'b': 1}}`` (the inverse of :func:`flatten`)."""
+    out: dict = {}
+    for dotted, value in flat.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
 
 
 def merge(base: dict, layer: Mapping[str, Any]) -> dict:
@@ -97,6 +161,11 @@ def resolve_config_file(name: str | Path) -> Path:
     raise HarnessError(f"config file {name} does not exist (shipped experiment files: {', '.join(known)})")
 
 
+def file_overrides(path: str | Path) -> dict[str, Any]:
+    """The dotted keys an experiment file sets."""
+    return flatten(read_file(resolve_config_file(path)))
+
+
 def apply_file(config: Config, path: str | Path) -> None:
     """An experiment file (e.g. a paper's settings): its keys override like --cfg-options,
     with the same checks (unknown keys and wrong types are errors naming the file)."""
@@ -105,6 +174,35 @@ def apply_file(config: Config, path: str | Path) -> None:
         apply_overrides(config, flatten(read_file(path)))
     except HarnessError as exc:
         raise HarnessError(f"{path}: {exc}") from exc
+
+
+# Ranges by the last part of a key, wherever it sits (classifier.lr, method.decoder.lr,
+# annotators.cam-pg.classifier.lr, ...): checked when the config is composed, so a bad value
+# fails before any data is generated or any epoch trained. (test, what it must be)
+_RANGES: dict[str, tuple[Any, str]] = {
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "eval_batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "num_workers": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "lr_decay": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "lr_decay_epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "seed": (lambda v: isinstance(v, int) and 0 <= v < 2**63, "a whole number >= 0"),
+}
+
+
+def check_values(config: Config | Mapping) -> None:
+    """Range checks of the known numeric settings (see ``_RANGES``); None means unset."""
+    flat = flatten(config.to_dict() if hasattr(config, "to_dict") else config)
+    for dotted, value in flat.items():
+        rule = _RANGES.get(dotted.rsplit(".", 1)[-1])
+        if rule is None or value is None or isinstance(value, (Mapping, list, tuple, str)):
+            continue
+        ok, what = rule
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or not ok(value):
+            raise HarnessError(f"config key {dotted!r} = {value!r} is out of range: it must be {what}")
 
 
 def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> None:

@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader (or a killed run) never sees half a file."""
+"""Atomic file writes: a reader (or a killed run) never sees half a file, and a full disk or
+a read-only folder is a named error, never a traceback or a truncated result."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -8,24 +10,77 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness.errors import HarnessError
+
+
+class WriteError(HarnessError, OSError):
+    """A file could not be written (full disk, read-only folder, ...). It is an ``OSError``
+    too, so code that tolerates a failed optional write (a cache, a report) still does."""
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space (or write elsewhere, e.g. --run-root DIR) and run again",
+    errno.EDQUOT: "the disk quota is exceeded: free some space (or write elsewhere, e.g. --run-root DIR)",
+    errno.EROFS: "the file system is read-only: write elsewhere (e.g. --run-root DIR)",
+    errno.EACCES: "permission denied: make the folder writable, or write elsewhere (e.g. --run-root DIR)",
+    errno.EPERM: "permission denied: make the folder writable, or write elsewhere (e.g. --run-root DIR)",
+}
+
+
+def write_error(path: str | os.PathLike, exc: OSError) -> WriteError:
+    """A :class:`WriteError` naming ``path``, the system's reason and what to do about it."""
+    if isinstance(exc, WriteError):
+        return exc
+    reason = exc.strerror or str(exc)
+    hint = _HINTS.get(exc.errno, "check the folder and run again")
+    err = WriteError(f"cannot write {path}: {reason} ({hint}); nothing was half-written")
+    err.errno = exc.errno
+    return err
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it over ``path``."""
+    """Yield a temporary path next to ``path``; on success flush it to disk and rename it over
+    ``path``. On any failure the temporary file is removed and ``path`` is left as it was; an
+    ``OSError`` becomes a :class:`WriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         # mkstemp makes the file private (0600); results and reports are meant to be shared,
         # so the final file gets the mode a plain open() would give it
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync_file(tmp_path)  # the data is on disk before the name points at it
         os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable; some platforms and file systems cannot open a folder for it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -45,10 +100,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Append one line and flush it to disk (logs that must survive a kill)."""
-    with open(path, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def _json_default(o: Any) -> Any:

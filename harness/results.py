@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import logging
 import platform
 import subprocess
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from harness import io
+from harness.errors import HarnessError
+
+log = logging.getLogger("harness")
 
 RESULT_FILE = "result.json"
 LEADERBOARD_FILE = "leaderboard.md"
@@ -26,9 +30,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_revision() -> str | None:
-    """Revision of the harness source tree (``+dirty`` with local changes), if it is a checkout."""
-    here = Path(__file__).resolve().parent
+def git_revision(where: str | Path | None = None) -> str | None:
+    """Revision of the source tree at ``where`` (default: the harness's own), ``+dirty`` with
+    local changes, if it is a git checkout."""
+    here = Path(where) if where else Path(__file__).resolve().parent
+    if not here.is_dir():
+        return None
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
@@ -48,20 +55,133 @@ def provenance() -> dict:
     }
 
 
+def distribution_provenance(entry) -> dict:
+    """The distribution (name, version) that registered a registry entry, and the git revision
+    of the plugin's source when it is a checkout (an editable install of a plugin under work)."""
+    name, _, version = (entry.distribution or "?").partition(" ")
+    return {"plugin": entry.plugin, "distribution": name, "version": version or None,
+            "git_revision": git_revision(entry.source_path) if entry.source_path else None}
+
+
 def write_result(run_dir: Path, record: dict) -> Path:
     path = Path(run_dir) / RESULT_FILE
     io.write_json(path, record)
     return path
 
 
-def load_results(root: Path) -> list[dict]:
-    """Every readable ``result.json`` one level under ``root``, oldest first."""
+# ------------------------------------------------------------------ reading records back
+
+_NUMBER = (int, float)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool)
+
+
+def _metric_value_ok(v) -> bool:
+    """A metric is a number, null, a list of those (per class) or a dict of those (per IoU)."""
+    if v is None or _is_number(v) or isinstance(v, str):
+        return True
+    if isinstance(v, list):
+        return all(x is None or _is_number(x) for x in v)
+    if isinstance(v, dict):
+        return all(x is None or _is_number(x) for x in v.values())
+    return False
+
+
+def record_problems(record) -> list[str]:
+    """What keeps ``record`` from being a result record the harness can read (empty when it
+    is one): a run's ``result.json``, a re-evaluation under ``evaluations/``, or a sweep's
+    result. Every reader of records (leaderboards, reports, resume) checks through this, so a
+    foreign or damaged file is named instead of failing deep inside a table."""
+    if not isinstance(record, dict):
+        return [f"it holds a {type(record).__name__}, not an object"]
+    out = []
+
+    def need(obj, key, types, where, what):
+        if key not in obj:
+            out.append(f"no {where}{key}")
+            return None
+        v = obj[key]
+        if not isinstance(v, types) or isinstance(v, bool):  # JSON true is not an epoch
+            out.append(f"{where}{key} is {type(v).__name__} {v!r:.40}, expected {what}")
+            return None
+        return v
+
+    protocol = need(record, "protocol", dict, "", "an object")
+    if protocol is not None:
+        for key in ("name", "supervision"):
+            need(protocol, key, str, "protocol.", "a string")
+    dataset = need(record, "dataset", dict, "", "an object")
+    if dataset is not None:
+        need(dataset, "name", str, "dataset.", "a string")
+        classes = need(dataset, "classes", list, "dataset.", "a list of class names")
+        if classes is not None and not all(isinstance(c, str) for c in classes):
+            out.append("dataset.classes holds something other than strings")
+    selection = need(record, "selection", dict, "", "an object")
+    if selection is not None:
+        need(selection, "epoch", int, "selection.", "an integer")
+        tau = selection.get("tau")
+        if not (tau is None or isinstance(tau, list) and all(_is_number(t) for t in tau)):
+            out.append(f"selection.tau is {tau!r:.40}, expected a list of thresholds or null (Otsu)")
+        score = selection.get("score")
+        if not (score is None or _is_number(score)):
+            out.append(f"selection.score is {type(score).__name__} {score!r:.40}, expected a number")
+        scores = selection.get("epoch_scores", {})
+        if not isinstance(scores, dict) or not all(str(e).isdigit() for e in scores):
+            out.append("selection.epoch_scores is not an object of epoch numbers")
+    metrics = need(record, "metrics", dict, "", "an object of splits")
+    if metrics is not None:
+        for split, values in metrics.items():
+            if not isinstance(values, dict):
+                out.append(f"metrics.{split} is {type(values).__name__}, expected an object of metrics")
+                continue
+            bad = [k for k, v in values.items() if not _metric_value_ok(v)]
+            if bad:
+                out.append(f"metrics.{split}.{bad[0]} is not a number, a list or an object of numbers")
+            if "corloc" in values and not _is_number(values["corloc"]):
+                out.append(f"metrics.{split}.corloc is {values['corloc']!r:.40}, expected a number")
+    for key in ("run_id", "plugin"):
+        if key in record and not isinstance(record[key], str):
+            out.append(f"{key} is {type(record[key]).__name__}, expected a string")
+    if "config" in record and not isinstance(record["config"], dict):
+        out.append(f"config is {type(record['config']).__name__}, expected an object")
+    elif not isinstance((record.get("config") or {}).get("classifier", {}), dict):
+        out.append("config.classifier is not an object")
+    return out
+
+
+def read_record(path: str | Path) -> dict:
+    """The result record at ``path``, or a :class:`HarnessError` naming the file and what is
+    wrong with it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"{path} is not a readable result record ({type(exc).__name__}: {exc})") from exc
+    problems = record_problems(record)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+        raise HarnessError(f"{path} is not a result record the harness can read: {problems[0]}{more}")
+    return record
+
+
+def load_results(root: Path, skipped: list[str] | None = None) -> list[dict]:
+    """Every valid ``result.json`` one level under ``root``, oldest first. A foreign or damaged
+    file is left out: it must neither hide the other runs nor break the run that regenerates
+    the leaderboard. Each one left out is appended to ``skipped`` (for the caller to report),
+    or logged as a warning naming it when no list is given."""
     records = []
     for path in sorted(Path(root).glob(f"*/{RESULT_FILE}")):
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # a foreign or damaged file must not hide the other runs
+            records.append(read_record(path))
+        except HarnessError as exc:
+            if skipped is None:
+                log.warning("left out of the leaderboard: %s", exc)
+            else:
+                skipped.append(str(exc))
     return records
 
 
@@ -148,11 +268,11 @@ def leaderboard_rows(records: list[dict]) -> list[list]:
     for r in records:
         test = r["metrics"].get("test", {})
         rows.append([
-            r["run_id"],
-            r["plugin"],
+            r.get("run_id", "?"),
+            r.get("method_label") or r.get("plugin", "?"),
             r["protocol"]["name"],
             r["dataset"]["name"],
-            r["config"]["classifier"]["backbone"],
+            ((r.get("config") or {}).get("classifier") or {}).get("backbone", "-"),
             r["selection"]["epoch"],
             _fmt_taus(r["selection"]["tau"]),
             _fmt(test.get("corloc")),
@@ -161,12 +281,22 @@ def leaderboard_rows(records: list[dict]) -> list[list]:
     return rows
 
 
-def write_leaderboard(root: Path) -> Path:
-    """Regenerate ``leaderboard.md`` from every result under ``root`` (never loses a row)."""
-    headers = ["run", "plugin", "protocol", "dataset", "backbone", "epoch", "tau", "test CorLoc", "test cls acc"]
-    table = tabulate(leaderboard_rows(load_results(root)), headers=headers, tablefmt="github")
+def write_leaderboard(root: Path, skipped: list[str] | None = None) -> Path:
+    """Regenerate ``leaderboard.md`` from every result under ``root`` (never loses a row:
+    runs that finish together regenerate it one after the other, under a lock)."""
+    from filelock import FileLock, Timeout
+
+    headers = ["run", "method", "protocol", "dataset", "backbone", "epoch", "tau", "test CorLoc", "test cls acc"]
     path = Path(root) / LEADERBOARD_FILE
-    io.write_text(path, "# Runs under this folder\n\n" + table + "\n")
+    try:
+        with FileLock(str(Path(root) / ".leaderboard.lock"), timeout=120):
+            table = tabulate(leaderboard_rows(load_results(root, skipped)), headers=headers, tablefmt="github")
+            io.write_text(path, "# Runs under this folder\n\n" + table + "\n")
+    except Timeout:
+        raise HarnessError(f"{path} is locked by another process for over 2 minutes; run "
+                           f"`harness leaderboard --run-root {root}` when it is done") from None
+    except OSError as exc:
+        raise io.write_error(path, exc) from exc
     return path
 
 

@@ -106,5 +106,27 @@ def test_shipped_paper_configs_are_valid(tmp_path):
     from harness import runner
 
     for name in ("colocam_ytov1_classifier", "fcam_cub_cam_baseline"):
-        run_dir = runner.prepare("cam", "gt-val", "synth-yto", {}, tmp_path / "runs", config_files=[name])
-        assert config_mod.load_run_config(run_dir).classifier.backbone == "resnet50.tv_in1k-wsol"
+        cfg = runner.compose("cam", "gt-val", "synth-yto", config_files=[name])
+        assert cfg.classifier.backbone == "resnet50.tv_in1k-wsol"
+        # ImageNet weights cannot be had offline: the run is refused before its directory exists
+        with pytest.raises(HarnessError, match="resnet50.tv_in1k.*not cached"):
+            runner.prepare("cam", "gt-val", "synth-yto", {}, tmp_path / "runs", config_files=[name])
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_yaml_and_json_config_files_are_data_never_code(tmp_path):
+    """mmengine's YAML loader builds Python objects from `!!python/...` tags; the harness reads
+    YAML with yaml.safe_load, so a crafted file is refused instead of run."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'protocol: !!python/object/apply:os.system ["touch {marker}"]\n')
+    with pytest.raises(HarnessError, match="cannot read config file .*evil.yaml"):
+        config_mod.read_file(evil)
+    assert not marker.exists()
+    good = tmp_path / "p.yaml"
+    good.write_text("protocol:\n  name: from-yaml\n  supervision: gt\n")
+    assert config_mod.read_file(good) == {"protocol": {"name": "from-yaml", "supervision": "gt"}}
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(HarnessError, match="holds a list, not a mapping"):
+        config_mod.read_file(listed)
