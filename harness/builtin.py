@@ -2,31 +2,37 @@
 group (``wsol_harness``) a third-party plugin uses."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from harness.hookspecs import hookimpl
-from harness.registry import Entry
+from harness.registry import Entry, lazy
 
 
 @hookimpl
 def harness_register_datasets():
-    from harness.data.synth import SYNTH_CUB_DEFAULTS, SYNTH_YTO_DEFAULTS
-
+    # Configs are computed when a run needs them: registering imports no data code.
     return [
         Entry(
             "synth-yto",
             _synth("yto"),
             "Synthetic YouTube-Objects: 10 classes, videos of shots, sparse GT boxes on val/test",
-            config={"data": {"name": "synth-yto", **SYNTH_YTO_DEFAULTS}},
+            config=lambda: _synth_config("synth-yto", "SYNTH_YTO_DEFAULTS"),
         ),
         Entry(
             "synth-cub",
             _synth("cub"),
             "Synthetic CUB-style images: one object each, a small fully-annotated val split",
-            config={"data": {"name": "synth-cub", **SYNTH_CUB_DEFAULTS}},
+            config=lambda: _synth_config("synth-cub", "SYNTH_CUB_DEFAULTS"),
         ),
         *_real_entries(),
     ]
+
+
+def _synth_config(name: str, defaults: str) -> dict:
+    from harness.data import synth
+
+    return {"data": {"name": name, **getattr(synth, defaults)}}
 
 
 # The real benchmarks: (name, module, reader object, description).
@@ -60,16 +66,19 @@ def _real(module: str, attr: str):
     return build
 
 
-def _real_entries() -> list:
-    from harness.data.real import COMMON_DEFAULTS
+def _real_config(name: str, module: str, attr: str):
+    def config() -> dict:
+        from harness.data.real import COMMON_DEFAULTS
 
-    entries = []
-    for name, module, attr, text in REAL_DATASETS:
-        reader = real_reader(module, attr)
-        config = {"data": {"name": name, **COMMON_DEFAULTS, **reader.defaults},
-                  "loader": {"num_workers": 2}}  # JPEG decoding: keep both cores busy
-        entries.append(Entry(name, _real(module, attr), text, config=config))
-    return entries
+        return {"data": {"name": name, **COMMON_DEFAULTS, **real_reader(module, attr).defaults},
+                "loader": {"num_workers": 2}}  # JPEG decoding: keep both cores busy
+
+    return config
+
+
+def _real_entries() -> list:
+    return [Entry(name, _real(module, attr), text, config=_real_config(name, module, attr))
+            for name, module, attr, text in REAL_DATASETS]
 
 
 def _synth(kind: str):
@@ -99,23 +108,27 @@ def harness_register_protocols():
 
 @hookimpl
 def harness_register_annotators():
-    from harness.annotators.clip import DEFAULTS as CLIP
-    from harness.annotators.clip import ClipAnnotator
-    from harness.annotators.from_file import DEFAULTS as FILE
-    from harness.annotators.from_file import FileBoxes
-    from harness.annotators.noisy_gt import DEFAULTS as NOISY
-    from harness.annotators.noisy_gt import NoisyGt
-    from harness.annotators.proposals import CamPg, Rpn, cam_pg_defaults, rpn_defaults
+    def entry(name, target, description, settings):
+        return Entry(name, lazy(target), description, config=lambda: {"annotators": {name: settings()}})
 
-    def entry(cls, description, settings):
-        return Entry(cls.name, cls, description, config={"annotators": {cls.name: settings}})
+    def module_defaults(module):
+        return lambda: dict(importlib.import_module(module).DEFAULTS)
+
+    def proposal_defaults(which):
+        return lambda: getattr(importlib.import_module("harness.annotators.proposals"), which)()
 
     return [
-        entry(CamPg, "Selective Search proposals, top 20% by classifier score, CAM pointing game, top classifier score",
-              cam_pg_defaults()),
-        entry(Rpn, "Faster R-CNN RPN proposals, top 20% by objectness, CAM pointing game, top classifier score",
-              rpn_defaults()),
-        entry(ClipAnnotator, "CLIP Grad-CAM for the class prompt, Otsu, box of the largest component", CLIP),
-        entry(FileBoxes, "boxes read from a file (localization.txt lines or JSON)", FILE),
-        entry(NoisyGt, "GT boxes perturbed (scale, shift, aspect) at a noise level", NOISY),
+        entry("cam-pg", "harness.annotators.proposals:CamPg",
+              "Selective Search proposals, top 20% by classifier score, CAM pointing game, top classifier score",
+              proposal_defaults("cam_pg_defaults")),
+        entry("rpn", "harness.annotators.proposals:Rpn",
+              "Faster R-CNN RPN proposals, top 20% by objectness, CAM pointing game, top classifier score",
+              proposal_defaults("rpn_defaults")),
+        entry("clip", "harness.annotators.clip:ClipAnnotator",
+              "CLIP Grad-CAM for the class prompt, Otsu, box of the largest component",
+              module_defaults("harness.annotators.clip")),
+        entry("file", "harness.annotators.from_file:FileBoxes",
+              "boxes read from a file (localization.txt lines or JSON)", module_defaults("harness.annotators.from_file")),
+        entry("noisy-gt", "harness.annotators.noisy_gt:NoisyGt",
+              "GT boxes perturbed (scale, shift, aspect) at a noise level", module_defaults("harness.annotators.noisy_gt")),
     ]

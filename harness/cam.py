@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -79,7 +80,10 @@ class CamSource(ABC):
         per image (``classes`` (B,) long)."""
 
     def __call__(self, model, images: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(maps (B, h, w), logits (B, C))``: the raw maps, ReLU'd if ``self.relu``."""
+        """Return ``(maps (B, h, w), logits (B, C))``: the raw maps, ReLU'd if ``self.relu``.
+        Neither carries an autograd graph, whatever the grad mode and the parameters'
+        ``requires_grad`` (a graph would keep the encoder's activations alive): a source is
+        read, never trained through."""
         raw, logits = self.raw(model, images, classes)
         return (torch.relu(raw) if self.relu else raw), logits
 
@@ -88,14 +92,121 @@ class CamSource(ABC):
         return f"{type(self).__name__}({args})"
 
 
+# ----------------------------------------------------------------------------- the plugin contract
+
+
+def build_source(name: str, options=None):
+    """The registered CAM source ``name``, built as ``factory(**options)``. This is the one way
+    the harness builds a source (a CAM method with ``method.options``, the F-CAM family's
+    pseudo-labels): options the factory does not take, a factory that raises and a factory
+    that returns something other than a callable are errors naming the source and its
+    distribution."""
+    from harness.errors import HarnessError
+    from harness.registry import registry
+
+    entry = registry().get("cam_source", name)
+    who = f"CAM source {entry.name!r} ({entry.distribution})"
+    options = dict(options or {})
+    valid = entry.option_defaults()
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise HarnessError(f"{who} has no option {', '.join(unknown)}; its options: "
+                           f"{', '.join(f'{k}={v!r}' for k, v in valid.items()) or '(none)'}")
+    try:
+        source = entry.factory(**options)
+    except HarnessError:
+        raise
+    except Exception as exc:  # a third-party factory may raise anything
+        raise HarnessError(f"{who} failed to build with options {options}: {type(exc).__name__}: {exc}") from exc
+    if not callable(source):
+        raise HarnessError(f"{who}: its factory returned a {type(source).__name__}, not a callable "
+                           f"source(model, images, classes) -> (maps, logits)")
+    return source
+
+
+def run_source(source, model, images: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    """``source(model, images, classes)`` with autograd on when the source needs it, and its
+    result checked against the contract: ``(maps (B, h, w), logits (B, C))``, so a source that
+    returns something else is named instead of failing deep in the evaluation."""
+    from harness.errors import HarnessError
+
+    with torch.set_grad_enabled(bool(getattr(source, "needs_grad", False))):
+        out = source(model, images, classes)
+    name = getattr(source, "name", "") or type(source).__name__
+    b = images.shape[0]
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+        raise HarnessError(f"CAM source {name!r} returned {type(out).__name__}"
+                           + (f" of {len(out)}" if isinstance(out, (tuple, list)) else "")
+                           + "; a source returns the tuple (maps (B, h, w), logits (B, C))")
+    maps, logits = out
+    if maps.dim() != 3 or maps.shape[0] != b or logits.dim() != 2 or logits.shape[0] != b:
+        raise HarnessError(f"CAM source {name!r} returned maps {tuple(maps.shape)} and logits {tuple(logits.shape)} "
+                           f"for {b} images; expected maps (B, h, w) and logits (B, C)")
+    return maps.detach(), logits.detach()
+
+
 # ----------------------------------------------------------------------------- helpers
 
 
-def as_classes(classes, batch: int, device) -> Tensor:
-    classes = torch.as_tensor(classes, device=device).long().reshape(-1)
-    if classes.numel() != batch:
-        raise ValueError(f"{classes.numel()} classes for {batch} images: give one class per image")
-    return classes
+def as_classes(classes, batch: int, device, num_classes: int) -> Tensor:
+    """``classes`` as a (B,) long tensor on ``device``: one class index per image, each in
+    ``[0, num_classes)`` (``num_classes``: the logits' second dimension).
+
+    Every source checks through here because indexing hides the mistakes: a negative index
+    silently explains another class (``weight[-1]`` is the last class), a float is truncated
+    (281.9 -> 281) and a bool reads as 0 or 1. Raises TypeError for a non-integer index and
+    ValueError for a wrong count or an index out of range."""
+    if isinstance(classes, (list, tuple)):
+        # torch.as_tensor([True, 1]) is an int64 tensor: a bool among ints is only seen here
+        for value in _flat(classes):
+            _check_integer(value, classes)
+    try:
+        t = torch.as_tensor(classes)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"classes={classes!r:.80}: give one integer class index per image "
+            f"(a list, numpy array or tensor of ints)"
+        ) from None
+    _check_integer(t, classes)
+    t = t.reshape(-1)
+    if t.numel() != batch:
+        raise ValueError(f"{t.numel()} classes for {batch} images: give one class per image")
+    bad = (t < 0) | (t >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        more = int(bad.sum()) - 1
+        raise ValueError(
+            f"class index {int(t[i])} (image {i}) is out of range"
+            + (f", and {more} more" if more else "")
+            + f": the model has {num_classes} classes, valid indices are 0..{num_classes - 1}"
+        )
+    return t.to(device=device, dtype=torch.long)
+
+
+def _flat(values):
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            yield from _flat(v)
+        else:
+            yield v
+
+
+def _check_integer(value, classes) -> None:
+    if isinstance(value, Tensor):
+        dtype = value.dtype
+        kind = "bool" if dtype == torch.bool else "float" if dtype.is_floating_point or dtype.is_complex else None
+        kind_of = "numpy array" if isinstance(classes, np.ndarray) else "tensor"
+        what = f"a {str(dtype).removeprefix('torch.')} {kind_of}"
+    else:
+        kind = "bool" if isinstance(value, (bool, np.bool_)) else \
+            "float" if isinstance(value, (float, complex, np.floating, np.complexfloating)) else None
+        what = f"{value!r} ({type(value).__name__})"
+    if kind == "bool":
+        raise TypeError(f"classes={classes!r:.80}: {what} is a bool, not a class index (True would read as "
+                        f"class 1); give integer class indices")
+    if kind == "float":
+        raise TypeError(f"classes={classes!r:.80}: {what} is not an integer class index (a float would be "
+                        f"truncated, 281.9 -> 281); give integers, e.g. labels.long() if they hold whole numbers")
 
 
 def forward_features(model, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +257,7 @@ class GradientCam(CamSource):
 
     def raw(self, model, images, classes):
         logits, feats = forward_features(model, self.model_input(images))
-        classes = as_classes(classes, images.shape[0], logits.device)
+        classes = as_classes(classes, images.shape[0], logits.device, logits.shape[1])
         grads = self.gradients(model, images, feats, classes)
         return self.combine(feats, grads), logits
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from harness import io
 from harness.data.base import Split
-from harness.data.loader import eval_loader
+from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator, MaskAccumulator, threshold_list
 from harness.method import Method
@@ -45,6 +45,7 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
     subset = _Subset(split, evaluated_frames(split))
     loader = eval_loader(subset, cfg.loader.eval_batch_size, cfg.loader.num_workers, method.normalization)
     for batch in tqdm(loader, desc=f"eval {split.name}", leave=False, disable=not progress):
+        check_finite_images(batch, subset, method.normalization)  # before the model can be blamed
         images = batch["image"].to(device)
         labels = batch["label"].to(device)
         with torch.no_grad():
@@ -53,7 +54,7 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
         if bad.any():
             first = subset.frames[int(batch["index"][bad.nonzero()[0, 0]])].id
             raise HarnessError(
-                f"method {cfg.method.name!r} produced a map with NaN/inf for frame {first!r} "
+                f"method {cfg.method.name!r} produced a map with NaN/inf for frame {first!r} of split {split.name!r} "
                 f"({int(bad.sum())} such maps in this batch); the model has diverged, lower the lr"
             )
         maps = normalized_maps(pred.maps, tuple(images.shape[-2:]), cfg.eval.interpolation).cpu().numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from harness import names
 from harness.errors import HarnessError
 
 _CHOICES = {
@@ -33,6 +34,9 @@ class Protocol:
 
     @classmethod
     def from_config(cls, d: Mapping[str, Any]) -> "Protocol":
+        if not isinstance(d, Mapping):
+            raise HarnessError(f"a protocol is a dict(name=..., supervision=..., ...), "
+                               f"got {type(d).__name__} {d!r:.60}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -42,12 +46,21 @@ class Protocol:
         if "name" not in d:
             raise HarnessError("a protocol needs a `name`")
         values = dict(d)
-        values["aliases"] = tuple(values.get("aliases", ()))
+        aliases = values.get("aliases", ())
+        # tuple("x") would be ('x',) by luck and tuple("xy") two aliases: a string is refused
+        if not isinstance(aliases, (list, tuple)):
+            raise HarnessError(f"protocol {values['name']!r}: aliases={aliases!r} ({type(aliases).__name__}) must be a "
+                               f"list of names, e.g. aliases=[{str(aliases)!r}]")
+        values["aliases"] = tuple(aliases)
         proto = cls(**values)
         proto.validate()
         return proto
 
     def validate(self) -> None:
+        self._check_types()
+        check_name(self.name)
+        for alias in self.aliases:
+            check_name(alias, f"protocol {self.name!r}: alias")
         for key, choices in _CHOICES.items():
             value = getattr(self, key)
             if key == "supervision" and value.startswith("pseudo:") and len(value) > len("pseudo:"):
@@ -63,6 +76,21 @@ class Protocol:
             )
         if self.threshold_source == "otsu" and self.threshold_scope != "global":
             raise HarnessError(f"protocol {self.name!r}: Otsu thresholds each map; threshold_scope must be 'global'")
+
+    def _check_types(self) -> None:
+        # Before anything calls a string method on them: supervision=3 must not end in an
+        # AttributeError from deep inside.
+        who = f"protocol {self.name!r}: " if isinstance(self.name, str) else "protocol: "
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "aliases":
+                bad = [a for a in value if not isinstance(a, str)] if isinstance(value, (tuple, list)) else [value]
+                if bad:
+                    raise HarnessError(f"{who}aliases holds {bad[0]!r} ({type(bad[0]).__name__}): expected a list "
+                                       f"of names (strings)")
+            elif not isinstance(value, str):
+                hint = f", one of {', '.join(_CHOICES[f.name])}" if f.name in _CHOICES else ""
+                raise HarnessError(f"{who}{f.name}={value!r} is a {type(value).__name__}; expected a string{hint}")
 
     @property
     def axes(self) -> str:
@@ -85,6 +113,13 @@ class Protocol:
         return d
 
 
+def check_name(name, what: str = "protocol name") -> str:
+    """A protocol name becomes a file name (evaluations/<name>.json) and part of run and sweep
+    directory names: see :mod:`harness.names`."""
+    return names.check_name(name, what, "it becomes a file name (evaluations/<name>.json) and part of run "
+                                        "directory names")
+
+
 GRID_CODES = ("BT-TT", "BT-VT", "BV-TT", "BV-VT", "BT-OT", "BV-OT")
 
 
@@ -101,6 +136,8 @@ def grid(annotators: list[str], select_metric: str = "corloc") -> list[Protocol]
             if sup == "cls" and source == "val":
                 continue
             name = f"{code}.{sup.removeprefix('pseudo:')}"
-            out.append(Protocol(name, f"grid cell {code} with {sup} supervision", sup, split, source, "global",
-                                select_metric))
+            proto = Protocol(name, f"grid cell {code} with {sup} supervision", sup, split, source, "global",
+                             select_metric)
+            proto.validate()  # an annotator name that is no safe file name fails here, before any work
+            out.append(proto)
     return out

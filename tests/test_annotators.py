@@ -134,12 +134,57 @@ def test_file_annotator_reads_localization_lines(dataset, tmp_path):
     ("a,1,2,x,4\n", "non-numeric"),
     ("a,5,2,3,4\n", "needs 0 <= x0 <= x1"),
     ("a,1,2,3,4\n", "has no box for"),
+    # non-finite coordinates
+    ("a,1,2,3,4\nb,1,nan,3,4\n", r"boxes.txt:2: box \['1', 'nan', '3', '4'\] has a NaN or infinite coordinate"),
+    ("b,0,0,inf,4\n", r"boxes.txt:1: .* has a NaN or infinite coordinate.*fix the box or drop it"),
+    ("b,0,0,1e999,4\n", r"boxes.txt:1: .* NaN or infinite"),
+    ("b,-inf,0,1,4\n", r"boxes.txt:1: .* NaN or infinite"),
 ])
 def test_file_annotator_errors_name_the_problem(dataset, tmp_path, content, needle):
     path = tmp_path / "boxes.txt"
     path.write_text(content)
     with pytest.raises(HarnessError, match=needle):
         pseudo_boxes("file", {"path": str(path)}, dataset, "val", progress=False)
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ("[0, 0, NaN, 4]", r"frame 'f1': box \[0, 0, nan, 4\] has a NaN or infinite coordinate"),
+    ("[[0, 0, 2, 4], [Infinity, 0, 1, 1]]", r"frame 'f1': box \[inf, 0, 1, 1\] has a NaN or infinite"),
+    ("[0, 0, -Infinity, 4]", "NaN or infinite"),
+    ("[0, 0, 1e400, 4]", "NaN or infinite"),  # parses as float inf
+    ("[0, 0, 1" + "0" * 400 + ", 4]", "non-numeric"),  # an int too large for a float
+    ("[0, 0, true, 4]", "non-numeric"),  # JSON true is not pixel 1
+    ('"0,0,1,1"', "needs a non-empty list"),
+])
+def test_file_annotator_refuses_non_finite_coordinates_in_json(dataset, tmp_path, entry, needle):
+    path = tmp_path / "boxes.json"
+    path.write_text('{"f0": [0, 0, 1, 1], "f1": ' + entry + "}")
+    with pytest.raises(HarnessError, match=needle) as info:
+        pseudo_boxes("file", {"path": str(path)}, dataset, "val", progress=False)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name, data, needle", [
+    ("boxes.txt", b"a,1,2,3,4\n\x89PNG\r\n\x1a\n\x00\x00", r"boxes.txt, line 2: byte 0x89 is not UTF-8 text"),
+    ("boxes.json", b"\xff\xd8\xff\xe0\x00\x10JFIF", r"boxes.json, line 1: byte 0xff is not UTF-8"),
+    ("boxes.txt", b"a,1,2,3,4\nb,1\x00,2,3,4\n", r"boxes.txt, line 2: NUL byte, a binary file"),
+    ("boxes.txt", "a,1,2,3,4\n".encode("utf-16"), r"boxes.txt, line 1: byte 0xff is not UTF-8"),
+    ("boxes.txt", "a,1,2,3,4\n".encode("utf-16-le"), r"boxes.txt, line 1: NUL byte.*UTF-16"),
+])
+def test_file_annotator_names_a_binary_file(dataset, tmp_path, name, data, needle):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(HarnessError, match=needle) as info:
+        pseudo_boxes("file", {"path": str(path)}, dataset, "val", progress=False)
+    assert "annotators.file.path" in str(info.value) and "UTF-8" in str(info.value)
+
+
+def test_file_annotator_reads_a_utf8_file_with_a_byte_order_mark(dataset, tmp_path):
+    lines = [f"{fid},{b[0]},{b[1]},{b[2]},{b[3]}" for fid, bs in gt_iou_boxes(dataset).items() for b in bs]
+    path = tmp_path / "boxes.csv"
+    path.write_bytes("\n".join(lines).encode("utf-8-sig"))  # the first id must not start with U+FEFF
+    pb = pseudo_boxes("file", {"path": str(path)}, dataset, "val", progress=False)
+    assert pb.quality["mean_iou"] == pytest.approx(100.0)
 
 
 def test_file_annotator_box_outside_image(dataset, tmp_path):

@@ -163,6 +163,62 @@ def test_names_docstrings_and_flags():
         SmoothGradCAMPlusPlus(n=0)
 
 
+# ----------------------------------------------------------------------------- class indices
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_integer_classes_of_any_container_give_the_same_maps(tiny, cls):
+    model, images, _ = tiny
+    ref, ref_logits = _make(cls)(model, images, torch.tensor([0, 1]))
+    for classes in ([0, 1], (0, 1), np.array([0, 1], dtype=np.int32), [np.int64(0), np.int16(1)],
+                    torch.tensor([0, 1], dtype=torch.int32), torch.tensor([[0], [1]], dtype=torch.uint8)):
+        maps, logits = _make(cls)(model, images, classes)
+        torch.testing.assert_close(maps, ref, rtol=0, atol=0)
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("classes, error, needle", [
+    # -1 used to make CAM explain the last class (weight[-1]) while the other sources raised
+    ([0, -1], ValueError, r"class index -1 \(image 1\) is out of range: the model has 2 classes, valid indices are 0\.\.1"),
+    (torch.tensor([2, 0]), ValueError, r"class index 2 \(image 0\) is out of range: .*0\.\.1"),
+    ([5, -3], ValueError, r"class index 5 \(image 0\) is out of range, and 1 more"),
+    ([0.9, 1], TypeError, r"0\.9 \(float\) is not an integer class index"),
+    (np.array([0.0, 1.0]), TypeError, r"a float64 numpy array is not an integer class index"),
+    (torch.tensor([0.0, 1.0]), TypeError, r"float32 tensor is not an integer class index"),
+    ([True, 1], TypeError, r"True \(bool\) is a bool"),
+    ([np.bool_(False), 1], TypeError, r"is a bool"),
+    (torch.tensor([True, False]), TypeError, r"a bool tensor is a bool"),
+    (np.array([True, False]), TypeError, r"a bool numpy array is a bool"),
+    (["a", "b"], TypeError, r"give one integer class index per image"),
+    (None, TypeError, r"give one integer class index per image"),
+    ([0], ValueError, r"1 classes for 2 images"),
+])
+@pytest.mark.parametrize("cls", ALL)
+def test_bad_class_indices_are_refused_by_every_source(tiny, cls, classes, error, needle):
+    model, images, _ = tiny
+    with pytest.raises(error, match=needle):
+        _make(cls)(model, images, classes)
+    with torch.inference_mode():  # as the harness may call them
+        with pytest.raises(error, match=needle):
+            _make(cls).raw(model, images, classes)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_a_direct_call_builds_no_autograd_graph(cls):
+    """Called directly, with grad mode on and trainable parameters, no source returns a tensor
+    tied to the model's graph (which would keep every encoder activation alive)."""
+    model, images, classes = _fresh_resnet()
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in model.parameters())
+    for maps, logits in (_make(cls)(model, images, classes), _make(cls).raw(model, images, classes)):
+        for t in (maps, logits):
+            assert not t.requires_grad and t.grad_fn is None
+    # the tiny net's head is a parameter the CAM indexes directly
+    model, images, classes = TinyNet().double(), torch.stack([X_TINY, X_TINY]).double(), [0, 1]
+    maps, logits = _make(cls)(model, images, classes)
+    assert maps.grad_fn is None and logits.grad_fn is None and not maps.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
 # ----------------------------------------------------------------------------- closed forms
 
 
@@ -443,7 +499,7 @@ def test_model_untouched_and_frozen_classifier(cls, variant):
     for k in state:
         assert torch.equal(state[k], after[k]), k
     _no_hooks_or_grads(model)
-    assert not ref.requires_grad or cls is CAM  # CAM stays differentiable; the others detach
+    assert not ref.requires_grad and ref.grad_fn is None
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

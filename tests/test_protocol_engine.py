@@ -1,6 +1,8 @@
 """The selection engine on constructed box counts where the right choice is known."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -165,3 +167,69 @@ def test_grid_has_every_meaningful_cell_once():
     # 6 settings for gt and each annotator, 4 for class labels (no threshold from val)
     assert len(cells) == 6 * 3 + 4
     assert {p.code for p in cells if p.supervision == "cls"} == {"CL-BT-TT", "CL-BV-TT", "CL-BT-OT", "CL-BV-OT"}
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("supervision", 3, r"protocol 'x': supervision=3 is a int; expected a string, one of gt, cls, pseudo:<annotator>"),
+    ("selection_split", None, r"selection_split=None is a NoneType; expected a string, one of val, test"),
+    ("threshold_scope", ["global"], r"threshold_scope=\['global'\] is a list; expected a string"),
+    ("select_metric", 1.5, r"select_metric=1.5 is a float"),
+    ("description", 7, r"description=7 is a int; expected a string$"),
+    ("name", 5, r"protocol: name=5 is a int; expected a string"),
+    ("aliases", "x", r"aliases='x' \(str\) must be a list of names, e.g. aliases=\['x'\]"),
+    ("aliases", ["ok", 2], r"aliases holds 2 \(int\): expected a list of names"),
+    ("aliases", {"a": 1}, r"aliases=\{'a': 1\} \(dict\) must be a list"),
+])
+def test_protocol_values_of_the_wrong_type_are_named(key, value, needle):
+    with pytest.raises(HarnessError, match=needle):
+        Protocol.from_config({"name": "x", key: value})
+    if key != "aliases":  # built directly, the same check runs at validate()
+        with pytest.raises(HarnessError, match=needle):
+            proto(**{"name": "x", key: value}).validate()
+
+
+@pytest.mark.parametrize("name, why", [
+    ("../../x", r"holds '/'"),
+    ("a/b", r"holds '/'"),
+    ("a\\b", r"holds '\\\\'"),
+    ("a..b", r"holds '\.\.'"),
+    ("..", r"holds '\.\.'"),
+    (".hidden", r"starts with '\.'"),
+    ("-rf", r"starts with '-'"),
+    ("", r"is empty"),
+    ("my protocol", r"holds ' '"),
+    ("BT-TT.cam:pg", r"holds ':'"),
+    ("caf\u00e9", r"holds '\u00e9'"),
+    ("x" * 101, r"is too long"),
+])
+def test_unsafe_protocol_names_are_refused_with_the_allowed_characters(name, why):
+    rule = r"use letters, digits and \. _ - \+ only, starting with a letter or digit"
+    with pytest.raises(HarnessError, match=rf"protocol name={re.escape(repr(name))} {why}: .*evaluations/<name>\.json.*{rule}"):
+        Protocol.from_config({"name": name})
+    with pytest.raises(HarnessError, match=rf"protocol 'x': alias={re.escape(repr(name))} {why}"):
+        Protocol.from_config({"name": "x", "aliases": ["fine", name]})
+
+
+def test_every_shipped_preset_and_grid_name_is_a_safe_name(fresh_registry):
+    from pathlib import Path
+
+    import harness.protocols as presets
+    from harness.config import read_file
+    from harness.protocol import check_name
+    from harness.registry import registry
+
+    files = [p for p in Path(presets.__file__).parent.glob("*.py") if not p.name.startswith("_")]
+    assert len(files) >= 6
+    names = []
+    for path in files:
+        p = Protocol.from_config(read_file(path)["protocol"])
+        names += [p.name, *p.aliases]
+    assert {"gt-val", "pseudo-box-val", "realistic", "test-threshold-per-class"} <= set(names)
+    annotators = registry().names("annotator")
+    assert "cam-pg" in annotators
+    cells = grid(annotators + ["ext_v1.2+x"])
+    assert "BT-TT.cam-pg" in {c.name for c in cells}
+    for name in names + [c.name for c in cells] + ["a", "A.b_c-d+e", "x" * 100]:
+        assert check_name(name) == name
+    with pytest.raises(HarnessError, match=r"protocol name='BT-TT\.my annotator' holds ' '"):
+        grid(["my annotator"])

@@ -134,6 +134,35 @@ def test_prepare_opens_every_evaluated_image(tmp_path, capsys, damage, needle):
     assert tree["ids"]["test"][1] in err and needle in err and "1 problem(s)" in err
 
 
+def test_the_first_line_of_a_failed_prepare_names_the_first_problem(tmp_path, capsys):
+    tree = _cub(tmp_path)
+    victims = [tree["ids"]["test"][0], tree["ids"]["test"][3], tree["ids"]["val"][1]]
+    for v in victims:
+        (tree["root"] / v).unlink()
+    assert main(["data", "prepare", "cub", "--root", str(tree["root"]), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    first = [v for v in victims if v in lines[0]]
+    assert len(first) == 1 and "image file is missing" in lines[0], lines[0]
+    assert lines[0].startswith(f"harness: error: dataset 'cub' at {tree['root']}: {first[0]}: image file is missing")
+    assert lines[0].endswith("(and 2 more; 3 problem(s) in all, listed below)")
+    listed = [line for line in lines[1:] if "image file is missing" in line]
+    assert len(listed) == 3 and all(any(v in line for line in listed) for v in victims)  # the list is kept
+    assert "fix them (see docs/datasets.md" in lines[-1] and "harness data prepare cub --root" in lines[-1]
+
+
+def test_a_format_problem_is_the_first_line_too(tmp_path, capsys):
+    tree = _cub(tmp_path)
+    labels = tree["metadata"] / "test" / "class_labels.txt"
+    rows = labels.read_text().splitlines()
+    rows[1] = rows[1].split(",")[0] + ",bird"
+    labels.write_text("\n".join(rows) + "\n")
+    assert main(["data", "prepare", "cub", "--root", str(tree["root"]), "--no-progress"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"harness: error: dataset 'cub' at {tree['root']}: metadata/test/class_labels.txt:2: ")
+    assert lines[0].endswith("(1 problem(s))")
+    assert lines[1].strip().startswith("metadata/test/class_labels.txt:2: ") and "fix them" in lines[-1]
+
+
 def test_missing_root_and_unknown_root_name_the_fix(tmp_path, capsys):
     assert main(["data", "prepare", "cub", "--no-progress"]) == 2
     assert "needs its location: --cfg-options data.root=PATH" in capsys.readouterr().err

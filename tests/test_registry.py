@@ -62,12 +62,21 @@ def test_name_clash_keeps_first_party_and_reports_the_newcomer():
     assert reg.get("method", "cam").plugin == "cam_baselines"
     assert any(f.plugin == "clash" and "already registered" in f.error for f in reg.failures)
 
+    class AliasClash:
+        @hookimpl
+        def harness_register_protocols(self):
+            return [Entry("mine", None, "d", config={"protocol": {"name": "mine"}}, aliases=("realistic",))]
+
+    reg = build_registry(plugins=[("clash", "clash 1", AliasClash())])
+    assert "mine" not in reg.names("protocol")
+    assert any("'realistic' is already registered" in f.error for f in reg.failures)
+
 
 def test_aliases_resolve():
     class Aliased:
         @hookimpl
         def harness_register_protocols(self):
-            return [Entry("pseudo-x", None, "d", aliases=("px",))]
+            return [Entry("pseudo-x", None, "d", config={"protocol": {"name": "pseudo-x"}}, aliases=("px",))]
 
     reg = build_registry(plugins=[("aliased", "a 1", Aliased())])
     assert reg.get("protocol", "px").name == "pseudo-x"

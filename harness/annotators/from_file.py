@@ -13,6 +13,7 @@ several splits).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from harness.annotators.base import Annotation, Annotator, Context
@@ -30,10 +31,11 @@ def read_box_file(path: str | Path, fmt: str = "auto") -> dict[str, list[tuple[i
         fmt = "json" if path.suffix == ".json" else "txt"
     if fmt not in ("json", "txt"):
         raise HarnessError(f"annotators.file.format={fmt!r}: use 'auto', 'txt' or 'json'")
+    text = _read_text(path)
     if fmt == "json":
-        return _read_json(path)
+        return _read_json(path, text)
     boxes: dict[str, list] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = [p.strip() for p in line.split(",")]
@@ -43,9 +45,30 @@ def read_box_file(path: str | Path, fmt: str = "auto") -> dict[str, list[tuple[i
     return boxes
 
 
-def _read_json(path: Path) -> dict:
+_TEXT_FORMATS = ("a box file is text: 'frame_id,x0,y0,x1,y1' lines (.txt/.csv) or a JSON object "
+                 "{frame_id: [[x0, y0, x1, y1], ...]} (.json) in UTF-8; check annotators.file.path")
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text())
+        # utf-8-sig: a byte-order mark (spreadsheet exports) would otherwise glue onto the first id
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = exc.object  # with utf-8-sig, the bytes after the byte-order mark
+        line = bad[: exc.start].count(b"\n") + 1
+        raise HarnessError(f"pseudo-box file {path}, line {line}: byte 0x{bad[exc.start]:02x} is not UTF-8 text "
+                           f"(an image, an archive, another encoding?); {_TEXT_FORMATS}") from None
+    if "\0" in text:  # decodes as UTF-8 but is no text file (or is UTF-16)
+        line = text[: text.index("\0")].count("\n") + 1
+        raise HarnessError(f"pseudo-box file {path}, line {line}: NUL byte, a binary file (or UTF-16) rather than "
+                           f"text; {_TEXT_FORMATS}")
+    return text
+
+
+def _read_json(path: Path, text: str) -> dict:
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HarnessError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -62,9 +85,14 @@ def _read_json(path: Path) -> dict:
 
 def _box(values, where: str) -> tuple[int, int, int, int]:
     try:
+        if isinstance(values, (str, bytes)) or any(isinstance(v, bool) for v in values):
+            raise TypeError  # JSON true would read as 1 and a string as its characters
         b = [float(v) for v in values]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HarnessError(f"{where}: box {values!r} has non-numeric coordinates") from None
+    if not all(math.isfinite(v) for v in b):
+        raise HarnessError(f"{where}: box {values!r} has a NaN or infinite coordinate; every coordinate must be "
+                           f"a finite integer pixel: fix the box or drop it from the file")
     if len(b) != 4 or any(v != int(v) for v in b):
         raise HarnessError(f"{where}: box {values!r} must be 4 integer pixel coordinates x0, y0, x1, y1")
     x0, y0, x1, y1 = (int(v) for v in b)

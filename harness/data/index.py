@@ -34,7 +34,11 @@ class DatasetProblems(HarnessError):
         lines = [f"  {p}" for p in problems[: self.SHOWN]]
         if len(problems) > self.SHOWN:
             lines.append(f"  ... and {len(problems) - self.SHOWN} more")
-        super().__init__(f"dataset {name!r} at {root}: {len(problems)} problem(s):\n" + "\n".join(lines)
+        # The first line alone says what is wrong: the one problem, or the first and how many more.
+        more = len(problems) - 1
+        headline = f"dataset {name!r} at {root}: {problems[0]}" + (
+            f" (and {more} more; {len(problems)} problem(s) in all, listed below)" if more else " (1 problem(s))")
+        super().__init__(headline + "\n" + "\n".join(lines)
                          + f"\nfix them (see docs/datasets.md for the expected layout), then run "
                            f"`harness data prepare {name} --root {root}` again")
 

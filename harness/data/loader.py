@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from harness.data.base import Split
+from harness.errors import HarnessError
 
 # ImageNet statistics, what most backbones the papers use were pretrained with; a method
 # whose weights expect other ones says so (Method.normalization).
@@ -78,3 +79,19 @@ def eval_loader(split: Split, batch_size: int, num_workers: int = 0,
                 normalization: Normalization = IMAGENET) -> DataLoader:
     return make_loader(FrameDataset(split, normalization=normalization), num_workers, batch_size=batch_size,
                        shuffle=False)
+
+
+def check_finite_images(batch: dict, split: Split, normalization=None) -> None:
+    """A batch with a NaN/inf pixel is the input's fault, named by frame, before a model turns
+    it into an all-NaN map or loss that would be blamed on the model (or the learning rate)."""
+    bad = ~torch.isfinite(batch["image"]).flatten(1).all(1)
+    if not bad.any():
+        return
+    ids = [split.frames[int(i)].id for i in torch.as_tensor(batch["index"]).cpu()[bad.cpu()]]
+    shown = ", ".join(map(repr, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    norm = f" (mean/std {normalization})" if normalization is not None else ""
+    raise HarnessError(
+        f"split {split.name!r}: the input image of frame(s) {shown} holds NaN/inf pixels after normalization"
+        f"{norm}; the input is bad, not the model: check the dataset's images (e.g. `harness data prepare`, or "
+        f"its plugin's reader) and the method's normalization (a zero std divides by zero)"
+    )

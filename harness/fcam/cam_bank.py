@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.data.base import Split
-from harness.data.loader import eval_loader
+from harness.cam import run_source
+from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.evaluation.box_accuracy import otsu_level
 
@@ -71,11 +72,11 @@ class CamBank:
         maps = []
         loader = eval_loader(split, batch_size, 0, normalization) if normalization else eval_loader(split, batch_size)
         for batch in tqdm(loader, desc="classifier CAMs of the train frames", leave=False, disable=not progress):
+            check_finite_images(batch, split, normalization)
             images = batch["image"].to(device)
             labels = batch["label"].to(device)
-            with torch.set_grad_enabled(source.needs_grad):
-                m, _ = source(classifier, images, labels)
-            m = m.detach().float()
+            m, _ = run_source(source, classifier, images, labels)
+            m = m.float()
             if not torch.isfinite(m).all():
                 raise HarnessError("the classifier's CAMs hold NaN/inf: the classifier stage diverged")
             maps.append(_minmax(m).half())

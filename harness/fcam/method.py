@@ -24,7 +24,7 @@ from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
 from harness.method import Prediction, Stage
 from harness.models.classifier import ClassifierMethod, ClassifierStage
 from harness.models.decoder import decoder_for
-from harness.registry import registry
+from harness.cam import build_source
 
 
 def _section(cfg, key: str) -> dict:
@@ -57,7 +57,7 @@ class DecoderStage(Stage):
         self.size = SizeBarrier(**losses.get("size", {}))
         self.coloc = ColorCoLoc(**losses.get("coloc", {"weight": 0.0}))
         self.clips = _section(m, "clips") or {"n": 1}
-        self.source = registry().get("cam_source", m.cam_source).factory()
+        self.source = build_source(m.cam_source)  # the source's defaults
         self.bank: CamBank | None = None
         self.epoch = 1
         self._groups_of = None

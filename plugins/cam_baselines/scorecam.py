@@ -35,7 +35,7 @@ class ScoreCAM(CamSource):
     def raw(self, model, images, classes):
         with torch.no_grad():
             logits, A = model(self.model_input(images))
-            classes = as_classes(classes, images.shape[0], logits.device)
+            classes = as_classes(classes, images.shape[0], logits.device, logits.shape[1])
             B, K = A.shape[:2]
             size = tuple(images.shape[-2:])
             torchcam = self.variant == "torchcam"

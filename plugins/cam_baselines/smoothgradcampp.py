@@ -44,7 +44,7 @@ class SmoothGradCAMPlusPlus(GradientCam):
 
     def raw(self, model, images, classes):
         logits, A = forward_features(model, self.model_input(images))
-        classes = as_classes(classes, images.shape[0], logits.device)
+        classes = as_classes(classes, images.shape[0], logits.device, logits.shape[1])
         noisy = [forward_features(model, self.model_input(images + eps))[1] for eps in self.noise(images)]
         G = head_gradients(model, torch.cat(noisy), classes.repeat(self.n)).reshape(self.n, *A.shape)
         return self.combine(A, G, noisy[-1]), logits

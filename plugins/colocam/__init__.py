@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.hookspecs import hookimpl
-from harness.registry import Entry
+from harness.registry import Entry, lazy
 
 
 @hookimpl
 def harness_register_methods():
-    from harness.fcam.method import FcamFamily
-
-    return [Entry("colocam", FcamFamily, "CoLo-CAM: F-CAM + colour co-localization CRF over frames of a shot",
+    return [Entry("colocam", lazy("harness.fcam.method:FcamFamily"), "CoLo-CAM: F-CAM + colour co-localization CRF over frames of a shot",
                   config=Path(__file__).parent / "config.py")]

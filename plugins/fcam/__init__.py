@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.hookspecs import hookimpl
-from harness.registry import Entry
+from harness.registry import Entry, lazy
 
 
 @hookimpl
 def harness_register_methods():
-    from harness.fcam.method import FcamFamily
-
-    return [Entry("fcam", FcamFamily, "F-CAM: U-Net decoder on the frozen classifier; pseudo-labels + CRF + size",
+    return [Entry("fcam", lazy("harness.fcam.method:FcamFamily"), "F-CAM: U-Net decoder on the frozen classifier; pseudo-labels + CRF + size",
                   config=Path(__file__).parent / "config.py")]

@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.hookspecs import hookimpl
-from harness.registry import Entry
+from harness.registry import Entry, lazy
 
 
 @hookimpl
 def harness_register_methods():
-    from harness.fcam.method import FcamFamily
-
-    return [Entry("tcam", FcamFamily, "TCAM: F-CAM with CAM temporal max-pooling (CAM-TMP) pseudo-labels",
+    return [Entry("tcam", lazy("harness.fcam.method:FcamFamily"), "TCAM: F-CAM with CAM temporal max-pooling (CAM-TMP) pseudo-labels",
                   config=Path(__file__).parent / "config.py")]

@@ -1,5 +1,6 @@
-"""A third-party method plugin for wsol-harness, in one file: a tiny CNN trained on the
-frame labels, whose class activation map is the localization map."""
+"""A third-party plugin for wsol-harness: a method (a tiny CNN trained on the frame labels,
+whose class activation map is the localization map) and a CAM source (Eigen-CAM, in
+eigencam.py) that any CAM method can read the shared classifier through."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +11,7 @@ from torch import nn
 
 from harness.hookspecs import hookimpl
 from harness.method import Method, Prediction, Stage
-from harness.registry import Entry
+from harness.registry import Entry, lazy
 
 
 class TinyCNN(nn.Module):
@@ -72,3 +73,10 @@ class ToyMethod(Method):
 def harness_register_methods():
     return [Entry("toycnn", ToyMethod, "Tiny 3-layer CNN + CAM (example third-party plugin)",
                   config=Path(__file__).parent / "config.py")]
+
+
+@hookimpl
+def harness_register_cam_sources():
+    # lazy(...): the module is imported when a run builds the source, so `harness list` stays fast
+    return [Entry("eigencam", lazy("harness_toy.eigencam:EigenCAM"),
+                  "Eigen-CAM: first principal component of the features (example third-party source)")]
