@@ -3,8 +3,11 @@ and the metrics a protocol reads from them.
 
 ``evals/<split>-epoch<NNN>.json`` holds the accumulator states of one (split, epoch) of the
 last stage, with the evaluation settings that produced them: a record is reused only under
-the same settings. When a record is missing it is rebuilt from the saved maps
-(``maps/<split>-epoch<NNN>.npy``) if they exist, else from the checkpoint (inference only).
+the same settings. Records made under other settings than the run's own (``harness eval
+--cfg-options eval.*``) go to ``evals/settings-<key>/``, so a re-evaluation never replaces
+what the run wrote. When a record is missing it is rebuilt from the saved maps
+(``maps/<split>-epoch<NNN>.npy``, made with the run's own interpolation, so used and written
+only under it) if they exist, else from the checkpoint (inference only).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from harness.method import Method
 
 
 SAVE_MAPS = ("none", "selected", "all")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def check_eval_config(cfg) -> None:
@@ -34,14 +38,35 @@ def check_eval_config(cfg) -> None:
         )
     if e.save_maps not in SAVE_MAPS:
         raise HarnessError(f"eval.save_maps={e.save_maps!r}: use one of {', '.join(SAVE_MAPS)}")
+    if e.interpolation not in INTERPOLATIONS:
+        raise HarnessError(f"eval.interpolation={e.interpolation!r}: use one of {', '.join(INTERPOLATIONS)}")
+    bad = [v for v in e.iou_thresholds if not 0 < v <= 1]
+    if bad or not e.iou_thresholds:
+        raise HarnessError(f"eval.iou_thresholds={list(e.iou_thresholds)}: give IoU levels in (0, 1], e.g. [0.3, 0.5, 0.7]")
+
+
+def settings_key(settings: dict) -> str:
+    """A short stable name for a set of evaluation settings (folders of re-evaluations)."""
+    import hashlib
+
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 class EvalStore:
-    def __init__(self, run_dir: Path, cfg, dataset, method: Callable[[], Method] | Method, ckpts, device, progress=True):
+    def __init__(self, run_dir: Path, cfg, dataset, method: Callable[[], Method] | Method, ckpts, device, progress=True,
+                 own_eval: dict | None = None):
+        """``own_eval``: the run's own evaluation settings, when ``cfg.eval`` differs from them
+        (a re-evaluation); records and maps of the run's own settings are then left alone."""
         self.run_dir = Path(run_dir)
         self.cfg, self.dataset, self.ckpts, self.device, self.progress = cfg, dataset, ckpts, device, progress
         self._method = method
         self.settings = {"eval": cfg.eval.to_dict(), "dataset": dataset.identity}
+        own_eval = cfg.eval.to_dict() if own_eval is None else dict(own_eval)
+        self.records_dir = self.run_dir / "evals"
+        if own_eval != self.settings["eval"]:
+            self.records_dir = self.records_dir / f"settings-{settings_key(self.settings)}"
+        self.maps_ok = own_eval.get("interpolation") == cfg.eval.interpolation  # saved maps are post-interpolation
         self._memo: dict[tuple[str, int], dict] = {}
         # During a run every evaluated epoch's maps are written, and pruned to the selected
         # epoch at the end under eval.save_maps="selected".
@@ -90,7 +115,7 @@ class EvalStore:
         wanted.discard("gt")
         key = (split, epoch)
         rec = self._memo.get(key)
-        path = self.run_dir / "evals" / f"{split}-epoch{epoch:03d}.json"
+        path = self.records_dir / f"{split}-epoch{epoch:03d}.json"
         if rec is None:
             rec = _read(path)
             if rec is not None and rec.get("settings") != self.settings:
@@ -110,14 +135,14 @@ class EvalStore:
     def _compute(self, split_name: str, epoch: int, current: bool, targets: dict) -> dict:
         split = self.dataset.split(split_name)
         maps = self.maps_path(split_name, epoch)
-        if maps.is_file():
+        if self.maps_ok and maps.is_file():
             self.computed.append((split_name, epoch, "saved maps"))
             return accumulate(saved_maps(maps, split), split, self.dataset.num_classes, self.cfg, targets=targets)
         method = self.method
         if not current:
             last = len(method.stages) - 1
             method.load_state_dict(self.ckpts.load(last, method.stages[last].name, epoch)["method"])
-        save = maps if self.save_new_maps else None
+        save = maps if self.save_new_maps and self.maps_ok else None
         self.computed.append((split_name, epoch, "checkpoint"))
         return evaluate_split(method, split, self.dataset.num_classes, self.cfg, self.device, self.progress, save,
                               targets)
@@ -131,6 +156,15 @@ class EvalStore:
     def curves(self, split: str, epoch: int, target: str = "gt") -> np.ndarray:
         """Per-class CorLoc curves at the protocol's IoU level, (C, T)."""
         return self.boxes(split, epoch, target).curves(self.cfg.eval.iou_threshold)
+
+    def forget(self, epoch: int) -> None:
+        """Drop every record and saved map of ``epoch``: its weights are being trained (again),
+        so what was evaluated from an earlier attempt is not that epoch's any more."""
+        self._memo = {k: v for k, v in self._memo.items() if k[1] != epoch}
+        pattern = f"*-epoch{epoch:03d}.*"
+        for path in [*self.run_dir.glob(f"evals/{pattern}"), *self.run_dir.glob(f"evals/*/{pattern}"),
+                     *self.run_dir.glob(f"maps/{pattern}")]:
+            path.unlink(missing_ok=True)
 
     def prune_maps(self, keep_epoch: int) -> None:
         """``eval.save_maps='selected'``: drop the maps of the epochs not selected."""

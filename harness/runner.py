@@ -5,26 +5,29 @@ uninterrupted one would."""
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import json
 import logging
 import random
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness import __version__, io, results, stage_cache
+from harness import __version__, evalstore, io, results, stage_cache
 from harness import config as config_mod
-from harness.data.loader import train_loader
+from harness.data.loader import check_finite_images, train_loader
 from harness.errors import HarnessError
 from harness.evalstore import EvalStore, check_eval_config, split_metrics
 from harness.evaluation import corloc_at, select_threshold, threshold_list
+from harness.method import Method
 from harness.protocol import Protocol
-from harness.registry import registry
+from harness.registry import Entry, registry
 from harness.selection import needs, select, supervision_target
 
 log = logging.getLogger("harness")
@@ -42,9 +45,29 @@ def prepare(
     run_root: str | Path | None = None,
     device: str | None = None,
     config_files: list[str | Path] = (),
+    progress: bool = True,
 ) -> Path:
-    """Compose the config of a new run and write it into a fresh run directory. Experiment
-    ``config_files`` apply after the presets and before ``overrides``."""
+    """Compose the config of a new run and write it into a fresh run directory. Everything
+    that can be checked before training is checked before the directory exists (config
+    values, device, dataset, the method's construction), so a mistake leaves nothing behind."""
+    cfg = compose(plugin, protocol, dataset, overrides, device, config_files)
+    if run_root is not None:
+        cfg.run.root = str(run_root)
+    root = Path(cfg.run.root)
+    blocked = next((p for p in (root, *root.parents) if p.exists()), None)
+    if blocked is not None and not blocked.is_dir():
+        raise HarnessError(f"the run root {root} cannot be created: {blocked} is a file; pass --run-root DIR")
+    data = load_dataset(cfg, progress)
+    build_method(cfg, data.num_classes)
+    run_dir = _new_run_dir(root, method_label(cfg), cfg.protocol.name)
+    io.write_text(run_dir / "config.py", config_mod.dump_text(cfg))
+    return run_dir
+
+
+def compose(plugin: str, protocol: str, dataset: str, overrides: dict | None = None, device: str | None = None,
+            config_files: list[str | Path] = ()) -> "config_mod.Config":
+    """The checked config of a run: harness base <- plugin defaults <- protocol preset <-
+    dataset preset <- experiment ``config_files`` <- ``overrides``."""
     reg = registry()
     method_entry = reg.get("method", plugin)
     protocol_layer = _protocol_layer(protocol)
@@ -52,19 +75,127 @@ def prepare(
     overrides = dict(overrides or {})
     if device is not None:
         overrides["device"] = device
-    cfg = config_mod.compose(method_entry.config, protocol_layer, dataset_entry.config,
-                             defaults=annotator_defaults())
+    cfg = config_mod.compose(method_entry, protocol_layer, dataset_entry,
+                             defaults=annotator_defaults(), method_name=f"plugin {_who(method_entry)}")
+    explicit: list[str] = []
     for path in config_files:
+        layer = config_mod.file_overrides(path)
+        _reset_source_options(cfg, layer)
         config_mod.apply_file(cfg, path)
+        explicit += list(layer)
+    _reset_source_options(cfg, overrides)
     config_mod.apply_overrides(cfg, overrides)
+    explicit += list(overrides)
     cfg.method.name = method_entry.name  # aliases resolve to the registered name
+    _inherit_annotator_classifiers(cfg, explicit)
+    config_mod.check_values(cfg)
     Protocol.from_config(cfg.protocol)  # fail now, not after training
     check_eval_config(cfg)
-    if run_root is not None:
-        cfg.run.root = str(run_root)
-    run_dir = _new_run_dir(Path(cfg.run.root), method_entry.name, cfg.protocol.name)
-    io.write_text(run_dir / "config.py", config_mod.dump_text(cfg))
-    return run_dir
+    resolve_device(cfg.device)
+    return cfg
+
+
+def _who(entry: Entry) -> str:
+    return f"{entry.name!r} ({entry.distribution})"
+
+
+def build_method(cfg, num_classes: int, entry: Entry | None = None) -> Method:
+    """The run's method from its plugin's factory; a factory that raises, or returns something
+    that is not a usable :class:`Method`, is an error naming the plugin and its distribution."""
+    entry = entry or registry().get("method", cfg.method.name)
+    try:
+        method = entry.factory(cfg, num_classes)
+        stages = method.stages if isinstance(method, Method) else None
+    except HarnessError as exc:
+        raise HarnessError(f"method {_who(entry)}: {exc}") from exc
+    except Exception as exc:  # a third-party factory may raise anything
+        raise HarnessError(f"method {_who(entry)} failed to build: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(method, Method):
+        raise HarnessError(f"method {_who(entry)} failed to build: its factory returned a {type(method).__name__}, "
+                           f"not a harness.method.Method")
+    problem = _stages_problem(stages)
+    if problem:
+        raise HarnessError(f"method {_who(entry)} failed to build: {problem}")
+    return method
+
+
+def _stages_problem(stages) -> str | None:
+    from harness.method import Stage
+    from harness.names import NAME_RULE, is_safe_name
+
+    if not isinstance(stages, (list, tuple)) or not stages:
+        return f"Method.stages must be a non-empty list of harness.method.Stage, got {stages!r:.60}"
+    for st in stages:
+        if not isinstance(st, Stage):
+            return f"Method.stages holds a {type(st).__name__}, not a harness.method.Stage"
+        name = getattr(st, "name", None)
+        if not is_safe_name(name):
+            return f"stage name {name!r} is not a valid name (it names checkpoint files: {NAME_RULE})"
+        epochs = getattr(st, "epochs", None)
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+            return f"stage {name!r} has epochs={epochs!r}; it must be a whole number >= 1"
+        size = getattr(st, "batch_size", None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            return f"stage {name!r} has batch_size={size!r}; it must be a whole number >= 1"
+    return None
+
+
+_DATASET_MEMO: dict[str, object] = {}
+
+
+def load_dataset(cfg, progress: bool = True):
+    """The run's dataset (the last one loaded is kept: a run prepares and executes with it)."""
+    key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str)
+    if key not in _DATASET_MEMO:
+        dataset = registry().get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
+        _DATASET_MEMO.clear()
+        _DATASET_MEMO[key] = dataset
+    return _DATASET_MEMO[key]
+
+
+def method_label(cfg) -> str:
+    """The method's name in run names, logs and leaderboard rows: the plugin, plus the CAM
+    source when the run swapped in another one than the plugin's own (``cam+eigencam``), so a
+    swapped source is never passed off as the plugin's method."""
+    source = cfg.method.get("cam_source")
+    if not source:
+        return cfg.method.name
+    entry = registry().get("method", cfg.method.name)
+    own = (entry.layer().get("method") or {}).get("cam_source")
+    return cfg.method.name if source == own else f"{cfg.method.name}+{source}"
+
+
+def _reset_source_options(cfg, layer: dict) -> None:
+    """A layer that names another CAM source (``method.cam_source``) brings that source's own
+    options: ``method.options`` becomes its defaults before the layer's other keys apply, so
+    ``method.options.<key>`` checks against the new source, not the old one."""
+    source = layer.get("method.cam_source")
+    if not source or "options" not in cfg.method or source == cfg.method.get("cam_source"):
+        return
+    entry = registry().get("cam_source", source)
+    cfg.method.options = entry.option_defaults()
+
+
+def _inherit_annotator_classifiers(cfg, explicit: list[str]) -> None:
+    """A pseudo-box annotator that scores with a classifier uses the run's classifier settings
+    (so it is the very classifier stage the run trains or fetches from the stage cache), except
+    the keys set apart for it (``annotators.<name>.classifier.<key>`` in a --config file or
+    --cfg-options)."""
+    if "classifier" not in cfg:
+        return
+    run_classifier = cfg.classifier.to_dict()
+    for name, settings in (cfg.get("annotators") or {}).items():
+        if not isinstance(settings, dict) or not isinstance(settings.get("classifier"), dict):
+            continue
+        prefix = f"annotators.{name}.classifier."
+        if prefix[:-1] in explicit:  # the whole section was set apart
+            continue
+        own = config_mod.flatten(settings["classifier"].to_dict() if hasattr(settings["classifier"], "to_dict")
+                                 else settings["classifier"])
+        merged = dict(config_mod.flatten(run_classifier))
+        merged.update({k: v for k, v in own.items() if prefix + k in explicit or
+                       any(e.startswith(prefix + k + ".") for e in explicit) or k not in merged})
+        cfg.annotators[name].classifier = config_mod.unflatten(merged)
 
 
 def annotator_defaults() -> dict:
@@ -79,13 +210,16 @@ def annotator_defaults() -> dict:
 def _protocol_layer(protocol: str):
     """A registered preset by name or alias, or a user's protocol config file."""
     path = Path(protocol)
-    if path.suffix in (".py", ".yaml", ".yml", ".json") and path.is_file():
+    if path.suffix in (".py", ".yaml", ".yml", ".json") or "/" in protocol or "\\" in protocol:
+        if not path.is_file():
+            raise HarnessError(f"protocol file {path} does not exist (give a preset name from `harness list`, "
+                               f"or the path of a protocol file)")
         layer = config_mod.read_file(path)
         if "protocol" not in layer:
             raise HarnessError(f"{path} defines no `protocol = dict(...)`")
         return {"protocol": layer["protocol"]}
     entry = registry().get("protocol", protocol)
-    return {"protocol": config_mod.read_file(entry.config)["protocol"]}
+    return {"protocol": entry.layer()["protocol"]}
 
 
 def _new_run_dir(root: Path, plugin: str, protocol: str) -> Path:
@@ -137,7 +271,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Checkpoints:
-    """``checkpoints/<stage index>-<stage>-epoch<NNN>.pt``, each written atomically."""
+    """``checkpoints/<stage index>-<stage>-epoch<NNN>.pt``, each written atomically. A
+    checkpoint holds tensors and plain data only and is read with ``weights_only=True``: a
+    crafted file in a run directory (or in the stage cache, which is linked into runs) is
+    refused, never executed."""
 
     _NAME = re.compile(r"^(\d+)-(.+)-epoch(\d{3,})\.pt$")
 
@@ -151,31 +288,76 @@ class Checkpoints:
         with io.atomic_path(self.path(stage_index, stage, epoch)) as tmp:
             torch.save(state, tmp)
 
-    def done(self) -> list[tuple[int, int]]:
-        """(stage index, epoch) of every checkpoint on disk, in training order."""
-        found = []
+    def found(self) -> list[tuple[int, str, int]]:
+        """(stage index, stage name, epoch) of every checkpoint on disk, in training order."""
+        out = []
         for p in self.dir.glob("*.pt"):
             m = self._NAME.match(p.name)
             if m:
-                found.append((int(m.group(1)), int(m.group(3))))
-        return sorted(found)
+                out.append((int(m.group(1)), m.group(2), int(m.group(3))))
+        return sorted(out)
+
+    def done(self) -> list[tuple[int, int]]:
+        """(stage index, epoch) of every checkpoint on disk, in training order."""
+        return [(si, epoch) for si, _, epoch in self.found()]
 
     def stage_name(self, stage_index: int) -> str:
-        for p in self.dir.glob(f"{stage_index}-*.pt"):
-            m = self._NAME.match(p.name)
-            if m:
-                return m.group(2)
+        for si, name, _ in self.found():
+            if si == stage_index:
+                return name
         raise HarnessError(f"no checkpoint of stage {stage_index} in {self.dir}")
 
     def load(self, stage_index: int, stage: str, epoch: int) -> dict:
         path = self.path(stage_index, stage, epoch)
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise HarnessError(
-                f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); delete it to "
-                f"retrain that epoch with --resume"
+                f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"delete it and `harness run --resume {self.dir.parent}` trains that epoch (and the later "
+                f"ones) again"
             ) from exc
+        if not isinstance(state, dict) or "method" not in state:
+            raise HarnessError(f"checkpoint {path} is not a harness checkpoint (no 'method' state); delete it "
+                               f"and `harness run --resume {self.dir.parent}` trains that epoch again")
+        return state
+
+
+def resume_point(stages, done: list[tuple[int, int]]) -> tuple[tuple[int, int] | None, tuple[int, int] | None,
+                                                                list[tuple[int, int]]]:
+    """Where training continues: ``(last checkpoint before the first missing epoch, first missing
+    (stage index, epoch) or None when all are there, the checkpoints after that gap)``. Training
+    is sequential, so a missing middle checkpoint is retrained from the one before it, and the
+    checkpoints after it are trained again (and overwritten) rather than trusted."""
+    have = set(done)
+    last = None
+    for si, stage in enumerate(stages):
+        for epoch in range(1, stage.epochs + 1):
+            if (si, epoch) not in have:
+                return last, (si, epoch), sorted(d for d in have if d > (si, epoch))
+            last = (si, epoch)
+    return last, None, []
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One process at a time in a run directory: a second ``harness run --resume`` (or an
+    ``harness eval``) on a directory in use fails at once instead of training beside it. The
+    operating system drops the lock when its process dies, so a killed run never stays locked."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(Path(run_dir) / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise HarnessError(f"{run_dir} is in use by another harness process; wait for it to end (a run "
+                           f"directory is trained, resumed and re-evaluated by one process at a time)") from None
+    except OSError as exc:
+        raise io.write_error(Path(run_dir) / ".lock", exc) from exc
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ---------------------------------------------------------------- the run
@@ -185,18 +367,24 @@ class _RunLog:
     """Log to ``log.txt`` in the run directory and to the console above the progress bars."""
 
     def __init__(self, run_dir: Path, console: bool = True):
-        self.handlers = [logging.FileHandler(run_dir / "log.txt")] + ([_TqdmHandler()] if console else [])
+        try:
+            self.handlers = [logging.FileHandler(run_dir / "log.txt")] + ([_TqdmHandler()] if console else [])
+        except OSError as exc:
+            raise io.write_error(Path(run_dir) / "log.txt", exc) from exc
         fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
         for h in self.handlers:
             h.setFormatter(fmt)
             log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False
+        self.console_before = getattr(log, "run_console", False)
+        log.run_console = self.console_before or console  # the CLI's warning printer stays quiet meanwhile
 
     def close(self) -> None:
         for h in self.handlers:
             log.removeHandler(h)
             h.close()
+        log.run_console = self.console_before
 
 
 class _TqdmHandler(logging.Handler):
@@ -205,29 +393,68 @@ class _TqdmHandler(logging.Handler):
 
 
 def execute(run_dir: str | Path, progress: bool = True, callbacks: Iterable[Callback] = ()) -> dict:
-    """Run (or resume) the run in ``run_dir`` to its result record."""
+    """Run (or resume) the run in ``run_dir`` to its result record and every other artefact
+    it promises (one checkpoint and one metrics line per epoch, the leaderboard row, the report).
+    A finished run is only completed: its result is returned as written."""
     run_dir = Path(run_dir)
     cfg = config_mod.load_run_config(run_dir)
-    done_path = run_dir / results.RESULT_FILE
-    if done_path.is_file():
-        return json.loads(done_path.read_text())
-    run_log = _RunLog(run_dir)
+    with run_lock(run_dir):
+        run_log = _RunLog(run_dir)
+        try:
+            record = _finished_result(run_dir)
+            if record is None:
+                record = _execute(run_dir, cfg, progress, list(callbacks))
+            else:
+                log.info("%s has its result already; completing its other artefacts", run_dir.name)
+                _sync_metrics_lines(run_dir, Checkpoints(run_dir))
+            _complete(run_dir, cfg, progress)
+            return record
+        finally:
+            run_log.close()
+
+
+def _finished_result(run_dir: Path) -> dict | None:
+    """The run's result when it is valid and every checkpoint it was selected from is still
+    there; None (train what is missing, select again) otherwise. A damaged result is kept
+    aside as ``result.json.damaged``, never silently overwritten."""
+    path = run_dir / results.RESULT_FILE
+    if not path.is_file():
+        return None
     try:
-        return _execute(run_dir, cfg, progress, list(callbacks))
-    finally:
-        run_log.close()
+        record = results.read_record(path)
+    except HarnessError as exc:
+        aside = path.with_name(results.RESULT_FILE + ".damaged")
+        path.replace(aside)
+        log.warning("%s; moved it to %s and selecting again", exc, aside.name)
+        return None
+    epochs = sorted(int(e) for e in record["selection"].get("epoch_scores", {}))
+    stage = record["selection"].get("stage")
+    have = {(name, e) for _, name, e in Checkpoints(run_dir).found()}
+    missing = [e for e in epochs if (stage, e) not in have]
+    if missing:
+        log.warning("checkpoint(s) of %s epoch %s are missing: training them again and selecting again",
+                    stage, ", ".join(map(str, missing)))
+        return None
+    return record
+
+
+def _complete(run_dir: Path, cfg, progress: bool) -> None:
+    """The artefacts that follow the result: the run root's leaderboard and the report."""
+    results.write_leaderboard(run_dir.parent)
+    if cfg.run.get("report", True) and not (run_dir / "report.html").is_file():
+        _write_report(run_dir, progress)
 
 
 def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> dict:
     started = time.time()
-    reg = registry()
     protocol = Protocol.from_config(cfg.protocol)
     check_eval_config(cfg)
     device = resolve_device(cfg.device)
-    dataset = reg.get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
+    dataset = load_dataset(cfg, progress)
     seed_everything(cfg.seed)
-    method = reg.get("method", cfg.method.name).factory(cfg, dataset.num_classes).to(device)
-    log.info("run %s: %s on %s (%s), device %s", run_dir.name, cfg.method.name, dataset.name, dataset.identity, device)
+    method = build_method(cfg, dataset.num_classes).to(device)
+    log.info("run %s: %s on %s (%s), device %s", run_dir.name, method_label(cfg), dataset.name, dataset.identity,
+             device)
 
     ckpts = Checkpoints(run_dir)
     store = EvalStore(run_dir, cfg, dataset, method, ckpts, device, progress)
@@ -236,7 +463,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     resumed_from = _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks)
 
     last = len(method.stages) - 1
-    epochs = [e for s, e in ckpts.done() if s == last]
+    epochs = [e for s, e in ckpts.done() if s == last and e <= method.stages[last].epochs]
     selection, metrics = select_and_measure(cfg, protocol, store, epochs)
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
@@ -249,9 +476,6 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         "config": cfg.to_dict(),
     }
     results.write_result(run_dir, record)
-    results.write_leaderboard(run_dir.parent)
-    if cfg.run.get("report", True):
-        _write_report(run_dir, progress)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
              "Otsu per map" if tau is None else f"{tau[0]:.3f}", metrics["test"]["corloc"])
@@ -302,14 +526,33 @@ def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: s
     return {
         "run_id": run_dir.name,
         "plugin": cfg.method.name,
+        "method_label": method_label(cfg),
+        "cam_source": cfg.method.get("cam_source"),
         "protocol": protocol.to_dict(),
         "dataset": dataset_summary(dataset),
         "selection": selection_summary(selection, protocol, stage, cfg),
         "metrics": metrics,
         "pseudo_boxes": pseudo_box_summary(store),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "provenance": results.provenance(),
+        "provenance": {**results.provenance(), "plugins": plugin_provenance(cfg)},
     }
+
+
+def plugin_provenance(cfg) -> dict:
+    """Which distribution (name, version, git revision of its source where it is a checkout)
+    registered each component the run used: a third-party method's record names its maker."""
+    reg = registry()
+    used = {"method": cfg.method.name, "dataset": cfg.data.name}
+    if cfg.method.get("cam_source"):
+        used["cam_source"] = cfg.method.cam_source
+    out = {}
+    for kind, name in used.items():
+        try:
+            entry = reg.get(kind, name)
+        except HarnessError:
+            continue
+        out[kind] = {"name": entry.name, **results.distribution_provenance(entry)}
+    return out
 
 
 def dataset_summary(dataset) -> dict:
@@ -354,12 +597,17 @@ def selection_summary(selection, protocol: Protocol, stage: str, cfg) -> dict:
 
 
 def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks) -> str | None:
-    """Train every stage from the last checkpoint on; return what the run resumed from."""
-    done = ckpts.done()
-    resume_at = done[-1] if done else None
+    """Train every stage from the last checkpoint before the first missing epoch on; return
+    what the run resumed from."""
     stages = method.stages
+    resume_at, missing, after_gap = resume_point(stages, ckpts.done())
+    if after_gap:
+        log.warning("checkpoint %s is missing: training again from there (%d later checkpoint(s) are trained "
+                    "again and replaced)", ckpts.path(missing[0], stages[missing[0]].name, missing[1]).name,
+                    len(after_gap))
     resumed_from = None
     if resume_at is not None:
+        _sync_metrics_lines(run_dir, ckpts, upto=resume_at)
         si, epoch = resume_at
         state = ckpts.load(si, stages[si].name, epoch)
         method.load_state_dict(state["method"])
@@ -377,6 +625,9 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
             method.load_state_dict(state["method"], strict=False)
             log.info("%s stage reused from the stage cache %s (same settings, data and seed): not retrained",
                      stage.name, stage_cache.entry_dir(stage.name, key))
+            if si == len(stages) - 1 and store is not None:
+                for epoch in range(1, stage.epochs + 1):
+                    store.forget(epoch)  # records of earlier weights, if any, are not these epochs'
             continue
         opt, sched = stage.optimizer()
         first = 1
@@ -391,27 +642,26 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
             seed = epoch_seed(cfg.seed, si, epoch)
             seed_everything(seed)
             stage.begin_epoch(epoch)
+            if si == len(stages) - 1 and store is not None:
+                store.forget(epoch)  # evaluated from an earlier attempt at this epoch
             stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
+            line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
+            if si == len(stages) - 1 and store is not None:
+                line.update(_val_summary(store, epoch))
+            # The epoch's log line travels in its checkpoint: a kill between the two writes
+            # loses no line (the next resume writes it from the checkpoint).
             ckpts.save(si, stage.name, epoch, {
                 "method": method.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "stage": stage.name,
                 "epoch": epoch,
+                "log": line,
             })
-            line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
-            if si == len(stages) - 1 and store is not None:
-                store.record("val", epoch, current=True)
-                curves = store.curves("val", epoch)
-                line["val_corloc_best_tau"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
-                line["val_cls_accuracy"] = store.boxes("val", epoch).cls_accuracy()
-                for target in sorted(store.default_targets.get("val", ())):
-                    curves = store.curves("val", epoch, target)
-                    line[f"val_corloc_best_tau@{target}"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
-            io.append_line(run_dir / "metrics.jsonl", json.dumps(line))
+            write_metrics_line(run_dir, line)
             log.info("%s epoch %d/%d: %s", stage.name, epoch, stage.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
             for cb in callbacks:
@@ -419,6 +669,59 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         if key is not None and stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
             log.info("%s stage published to the stage cache for reuse by later runs", stage.name)
     return resumed_from
+
+
+def _val_summary(store: EvalStore, epoch: int) -> dict:
+    """The per-epoch validation numbers of the metrics line (the weights are the current ones)."""
+    store.record("val", epoch, current=True)
+    curves = store.curves("val", epoch)
+    out = {"val_corloc_best_tau": corloc_at(curves, select_threshold(curves, "global"))["mean"],
+           "val_cls_accuracy": store.boxes("val", epoch).cls_accuracy()}
+    for target in sorted(store.default_targets.get("val", ())):
+        curves = store.curves("val", epoch, target)
+        out[f"val_corloc_best_tau@{target}"] = corloc_at(curves, select_threshold(curves, "global"))["mean"]
+    return out
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics_lines(run_dir: Path) -> list[dict]:
+    """The lines of ``metrics.jsonl`` that parse (a line cut by a kill in an old run is dropped)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    lines = []
+    for text in path.read_text(errors="replace").splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and "stage" in line and "epoch" in line:
+            lines.append(line)
+    return lines
+
+
+def write_metrics_line(run_dir: Path, line: dict) -> None:
+    """Add (or replace: an epoch trained again) the line of one (stage, epoch), atomically."""
+    lines = [old for old in read_metrics_lines(run_dir) if (old["stage"], old["epoch"]) != (line["stage"], line["epoch"])]
+    lines.append(line)
+    io.write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(x) + "\n" for x in lines))
+
+
+def _sync_metrics_lines(run_dir: Path, ckpts: Checkpoints, upto: tuple[int, int] | None = None) -> None:
+    """Write the line of every checkpoint (up to ``upto``, else all) that ``metrics.jsonl``
+    lacks, from the copy the checkpoint carries (a kill fell between the checkpoint and its line)."""
+    have = {(x["stage"], x["epoch"]) for x in read_metrics_lines(run_dir)}
+    for si, name, epoch in ckpts.found():
+        if upto is not None and (si, epoch) > upto:
+            break
+        if (name, epoch) in have:
+            continue
+        line = ckpts.load(si, name, epoch).get("log")
+        if isinstance(line, dict):
+            write_metrics_line(run_dir, line)
+            log.info("metrics line of %s epoch %d restored from its checkpoint", name, epoch)
 
 
 def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None, dict]:
@@ -449,6 +752,7 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normaliz
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         loss, scalars = stage.loss(batch)
         if not torch.isfinite(loss):
+            check_finite_images(batch, split, normalization)
             raise HarnessError(
                 f"{stage.name} loss became {loss.item()} at epoch {epoch}: training diverged; lower "
                 f"the learning rate (e.g. --cfg-options {stage.name}.lr=...)"
@@ -480,7 +784,11 @@ def reevaluate(run_dir: str | Path, protocol: str | None = None, overrides: dict
 def reevaluate_many(run_dir: str | Path, protocols: list[str | Protocol | None], overrides: dict | None = None,
                     device: str | None = None, progress: bool = True, out_dir: str = "evaluations") -> list[dict]:
     """:func:`reevaluate` under several protocols, sharing one evaluation store (each
-    checkpoint's maps are computed at most once). ``None`` is the run's own protocol."""
+    checkpoint's maps are computed at most once). ``None`` is the run's own protocol.
+
+    Records go to ``<out_dir>/<protocol>.json``; under evaluation settings other than the run's
+    own, to ``<out_dir>/settings-<key>/`` (with the settings in ``settings.json``), so a
+    re-evaluation never replaces a record written under other settings."""
     run_dir = Path(run_dir)
     cfg = config_mod.load_run_config(run_dir)
     overrides = dict(overrides or {})
@@ -491,39 +799,91 @@ def reevaluate_many(run_dir: str | Path, protocols: list[str | Protocol | None],
         )
     if "annotators" not in cfg:  # a run from before annotators had settings in the config
         cfg.merge_from_dict(annotator_defaults())
+    before = config_mod.flatten(cfg.to_dict())
+    own_eval = cfg.eval.to_dict()
     config_mod.apply_overrides(cfg, overrides)
+    config_mod.check_values(cfg)
     check_eval_config(cfg)
+    changed = {k: v for k, v in config_mod.flatten(cfg.to_dict()).items() if before.get(k, KeyError) != v}
     protos = [p if isinstance(p, Protocol) else
               Protocol.from_config(_protocol_layer(p)["protocol"] if p else cfg.protocol) for p in protocols]
     ckpts = Checkpoints(run_dir)
-    done = ckpts.done()
-    if not done:
-        raise HarnessError(f"{run_dir} has no checkpoint: train it first (harness run --resume {run_dir})")
-    last = max(s for s, _ in done)
-    epochs = [e for s, e in done if s == last]
-    dev = resolve_device(device or cfg.device)
-    reg = registry()
-    dataset = reg.get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
+    with run_lock(run_dir):
+        epochs, stage = _evaluable_epochs(run_dir, ckpts)
+        dev = resolve_device(device or cfg.device)
+        dataset = load_dataset(cfg, progress)
+        built: list[Method] = []
 
-    def build_method():
-        return reg.get("method", cfg.method.name).factory(cfg, dataset.num_classes).to(dev)
+        def method() -> Method:
+            if not built:
+                built.append(build_method(cfg, dataset.num_classes).to(dev))
+            return built[0]
 
-    store = EvalStore(run_dir, cfg, dataset, build_method, ckpts, dev, progress)
-    store.save_new_maps = cfg.eval.save_maps == "all"  # a re-evaluation keeps the run's maps as they are
-    for proto in protos:  # every target a split needs, so each checkpoint is run once
-        for split, target in needs(proto):
-            if target != "gt":
-                store.default_targets.setdefault(split, set()).add(target)
-    records = []
-    for proto in protos:
-        selection, metrics = select_and_measure(cfg, proto, store, epochs)
-        record = {
-            **_record(run_dir, cfg, proto, dataset, selection, ckpts.stage_name(last), metrics, store),
-            "eval": cfg.eval.to_dict(),
-            "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
-        }
-        record["pseudo_boxes"] = {k: v for k, v in record["pseudo_boxes"].items()
-                                  if k in {t for _, t in needs(proto)}}
-        io.write_json(run_dir / out_dir / f"{proto.name}.json", record)
-        records.append(record)
+        store = EvalStore(run_dir, cfg, dataset, method, ckpts, dev, progress, own_eval=own_eval)
+        store.save_new_maps = cfg.eval.save_maps == "all"  # a re-evaluation keeps the run's maps as they are
+        targets = {t for proto in protos for _, t in needs(proto) if t not in ("gt", "cls")}
+        if targets:
+            _share_trained_stages(method(), cfg, dataset, ckpts)
+        for proto in protos:  # every target a split needs, so each checkpoint is run once
+            for split, target in needs(proto):
+                if target != "gt":
+                    store.default_targets.setdefault(split, set()).add(target)
+        folder = evaluation_dir(run_dir, changed, out_dir)
+        if changed:
+            io.write_json(folder / "settings.json", {"overrides": changed})
+        records = []
+        for proto in protos:
+            selection, metrics = select_and_measure(cfg, proto, store, epochs)
+            record = {
+                **_record(run_dir, cfg, proto, dataset, selection, stage, metrics, store),
+                "eval": cfg.eval.to_dict(),
+                "settings_changed": changed,
+                "evaluated_from": [{"split": s, "epoch": e, "source": src} for s, e, src in store.computed],
+            }
+            record["pseudo_boxes"] = {k: v for k, v in record["pseudo_boxes"].items()
+                                      if k in {t for _, t in needs(proto)}}
+            io.write_json(folder / f"{proto.name}.json", record)
+            records.append(record)
     return records
+
+
+def evaluation_dir(run_dir: Path, changed: dict, out_dir: str = "evaluations") -> Path:
+    """Where re-evaluations under the settings ``changed`` (flattened key -> value, empty for
+    the run's own) are written."""
+    folder = Path(run_dir) / out_dir
+    return folder / f"settings-{evalstore.settings_key(changed)}" if changed else folder
+
+
+def _evaluable_epochs(run_dir: Path, ckpts: Checkpoints) -> tuple[list[int], str]:
+    """The last stage's epochs, refusing by name when one is missing: a selection over fewer
+    epochs than the run trained would be another result, not a re-evaluation."""
+    found = ckpts.found()
+    if not found:
+        raise HarnessError(f"{run_dir} has no checkpoint: train it first (harness run --resume {run_dir})")
+    last = max(si for si, _, _ in found)
+    stage = next(name for si, name, _ in found if si == last)
+    epochs = sorted(e for si, _, e in found if si == last)
+    expected = set(range(1, epochs[-1] + 1))
+    try:
+        record = results.read_record(run_dir / results.RESULT_FILE)
+        expected |= {int(e) for e in record["selection"].get("epoch_scores", {})}
+    except HarnessError:
+        pass  # an unfinished run: its checkpoints say what exists
+    missing = sorted(expected - set(epochs))
+    if missing:
+        names = ", ".join(ckpts.path(last, stage, e).name for e in missing)
+        raise HarnessError(f"{run_dir}: checkpoint(s) {names} are missing, so those epochs cannot be evaluated; "
+                           f"`harness run --resume {run_dir}` trains them again")
+    return epochs, stage
+
+
+def _share_trained_stages(method: Method, cfg, dataset, ckpts: Checkpoints) -> None:
+    """Publish the run's shareable stages to the stage cache (when they are not there), so an
+    annotator whose classifier has the run's settings takes the run's own classifier instead
+    of training one."""
+    for si, stage in enumerate(method.stages):
+        key, description = _shared_stage_key(stage, si, cfg, dataset)
+        if key is None or not all(ckpts.path(si, stage.name, e).is_file() for e in range(1, stage.epochs + 1)):
+            continue
+        if stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
+            log.info("%s stage of the run is in the stage cache: annotators with its settings reuse it", stage.name)

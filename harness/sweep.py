@@ -16,12 +16,14 @@ import json
 import logging
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from tabulate import tabulate
 
+from harness import config as config_mod
 from harness import io, results, runner
 from harness.errors import HarnessError
 
@@ -46,6 +48,10 @@ class SweepSpec:
     config_files: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
+        if self.trials is not None and (isinstance(self.trials, bool) or not isinstance(self.trials, int)
+                                        or self.trials < 1):
+            raise HarnessError(f"--trials {self.trials!r}: give how many configurations to draw from --space, "
+                               f"an integer >= 1")
         keys = list(self.grid) + list(self.space)
         frozen = [k for k in keys if k.startswith(_FROZEN)]
         if frozen:
@@ -57,6 +63,9 @@ class SweepSpec:
             raise HarnessError("nothing to sweep: give --grid key=v1,v2 and/or --space key=dist:a:b with --trials N")
         if self.space and not self.trials:
             raise HarnessError("--space needs --trials N (how many configurations to draw)")
+        if self.trials and not self.space:
+            raise HarnessError(f"--trials {self.trials} draws from --space, which is not given: add --space "
+                               f"key=dist:a:b, or drop --trials for a plain grid")
         for key, dist in self.space.items():
             _parse_distribution(key, dist)
         for key, values in self.grid.items():
@@ -64,27 +73,48 @@ class SweepSpec:
                 raise HarnessError(f"--grid {key}= has no value")
 
 
-def _parse_distribution(key: str, text: str) -> tuple[str, list[str]]:
+def _parse_distribution(key: str, text: str) -> tuple[str, list]:
+    """``(kind, args)``: numeric bounds for uniform/loguniform/int (checked: finite, in order,
+    > 0 for loguniform, whole numbers for int), the raw values for choice."""
     kind, *args = str(text).split(":")
     if kind not in _DISTRIBUTIONS:
         raise HarnessError(f"--space {key}={text}: distribution must be one of {', '.join(_DISTRIBUTIONS)} "
                            "(e.g. loguniform:1e-4:1e-1, uniform:0:1, int:1:10, choice:a:b)")
-    if kind != "choice" and len(args) != 2:
+    if kind == "choice":
+        if not args:
+            raise HarnessError(f"--space {key}={text}: choice needs values, e.g. choice:a:b")
+        return kind, args
+    if len(args) != 2:
         raise HarnessError(f"--space {key}={text}: {kind} needs two bounds, e.g. {kind}:1e-3:1e-1")
-    if kind == "choice" and not args:
-        raise HarnessError(f"--space {key}={text}: choice needs values, e.g. choice:a:b")
-    return kind, args
+    bounds = []
+    for arg in args:
+        try:
+            bounds.append(int(arg) if kind == "int" else float(arg))
+        except ValueError:
+            what = "an integer" if kind == "int" else "a number"
+            raise HarnessError(f"--space {key}={text}: bound {arg!r} is not {what}, e.g. {kind}:"
+                               f"{'1:10' if kind == 'int' else '1e-3:1e-1'}") from None
+        if not math.isfinite(bounds[-1]):
+            raise HarnessError(f"--space {key}={text}: bound {arg!r} is not finite; give finite bounds")
+    lo, hi = bounds
+    if lo >= hi:
+        raise HarnessError(f"--space {key}={text}: the lower bound {args[0]} must be below the upper bound "
+                           f"{args[1]} ({kind}:LOW:HIGH); a fixed value belongs in --cfg-options {key}=VALUE")
+    if kind == "loguniform" and lo <= 0:
+        raise HarnessError(f"--space {key}={text}: loguniform bounds must be > 0 (it draws the logarithm "
+                           f"uniformly); use uniform for a range that includes 0 or negative values")
+    return kind, bounds
 
 
-def _draw(kind: str, args: list[str], rng: random.Random):
+def _draw(kind: str, args: list, rng: random.Random):
     if kind == "choice":
         return _literal(rng.choice(args))
-    lo, hi = float(args[0]), float(args[1])
+    lo, hi = args
     if kind == "uniform":
         return rng.uniform(lo, hi)
     if kind == "loguniform":
         return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    return rng.randint(int(lo), int(hi))
+    return rng.randint(lo, hi)
 
 
 def _literal(text: str):
@@ -142,26 +172,42 @@ def create(spec: SweepSpec, run_root: str | Path | None = None) -> Path:
     """Write the sweep directory with every trial prepared (configs validated up front)."""
     spec.validate()
     overrides = trial_overrides(spec)
-    first = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**spec.overrides, **overrides[0]},
+    fixed = {**spec.overrides, **_pinned_annotator_classifiers(spec)}
+    first = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**fixed, **overrides[0]},
                            run_root, config_files=spec.config_files)
     root = Path(run_root) if run_root is not None else first.parent
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    sweep_dir = root / "sweeps" / f"{stamp}-{spec.plugin}-{spec.protocol}"
+    # Named from the prepared config, not from the arguments: --protocol may be a file path
+    # (`../../p.json`) and --plugin an alias; method and protocol names are validated as safe
+    # file names (harness/names.py), so the folder stays under <root>/sweeps.
+    cfg = config_mod.load_run_config(first)
+    label = f"{runner.method_label(cfg)}-{cfg.protocol.name}"
+    sweep_dir = root / "sweeps" / f"{stamp}-{label}"
     for n in range(2, 1000):
         if not sweep_dir.exists():
             break
-        sweep_dir = root / "sweeps" / f"{stamp}-{n}-{spec.plugin}-{spec.protocol}"
+        sweep_dir = root / "sweeps" / f"{stamp}-{n}-{label}"
     trials_root = sweep_dir / "trials"
     trials_root.mkdir(parents=True)
     first.rename(trials_root / first.name)  # the probe run becomes trial 0
     io.write_json(sweep_dir / SPEC_FILE, asdict(spec))
     trials = [{"id": trial_id(0, overrides[0]), "overrides": overrides[0], "run": first.name}]
     for n, o in enumerate(overrides[1:], start=1):
-        run_dir = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**spec.overrides, **o}, trials_root,
+        run_dir = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**fixed, **o}, trials_root,
                                  config_files=spec.config_files)
         trials.append({"id": trial_id(n, o), "overrides": o, "run": run_dir.name})
     io.write_json(sweep_dir / TRIALS_FILE, trials)
     return sweep_dir
+
+
+def _pinned_annotator_classifiers(spec: SweepSpec) -> dict:
+    """An annotator's classifier follows the run's classifier settings; in a sweep it follows
+    the sweep's fixed settings instead, so that every trial is selected against the same
+    pseudo-boxes whatever classifier setting the trial changes."""
+    base = runner.compose(spec.plugin, spec.protocol, spec.dataset, spec.overrides, config_files=spec.config_files)
+    return {f"annotators.{name}.classifier": settings["classifier"].to_dict()
+            for name, settings in (base.get("annotators") or {}).items()
+            if isinstance(settings, dict) and isinstance(settings.get("classifier"), dict)}
 
 
 def execute(sweep_dir: str | Path, trial_runner: TrialRunner | None = None, progress: bool = True) -> dict:
@@ -171,10 +217,26 @@ def execute(sweep_dir: str | Path, trial_runner: TrialRunner | None = None, prog
     spec = SweepSpec(**_load(sweep_dir / SPEC_FILE, "specification"))
     run_dirs = [sweep_dir / "trials" / t["run"] for t in trials]
     (trial_runner or LocalRunner()).run(run_dirs, progress)
-    records = [json.loads((d / results.RESULT_FILE).read_text()) for d in run_dirs]
+    records = [_trial_record(d / results.RESULT_FILE) for d in run_dirs]
     record = summarize(spec, trials, records)
     io.write_json(sweep_dir / results.RESULT_FILE, record)
     io.write_text(sweep_dir / "sweep.md", trials_table(record) + "\n")
+    return record
+
+
+def _trial_record(path: Path) -> dict:
+    """A trial's record, also checked for what the sweep's selection and summary read."""
+    record = results.read_record(path)
+    test, selection = record["metrics"].get("test"), record["selection"]
+    missing = [what for what, ok in [
+        ("run_id", isinstance(record.get("run_id"), str)),
+        ("metrics.test.corloc", isinstance(test, dict) and "corloc" in test),
+        ("selection.score", isinstance(selection.get("score"), (int, float))),
+        ("selection.epoch_chosen_by", isinstance(selection.get("epoch_chosen_by"), str)),
+    ] if not ok]
+    if missing:
+        raise HarnessError(f"{path} is not a finished trial's record: no {', '.join(missing)}; delete it and resume "
+                           f"the sweep (harness sweep --resume) to select and evaluate that trial again")
     return record
 
 

@@ -67,7 +67,8 @@ def test_demo_command_writes_a_complete_run_directory(tmp_path, capsys):
     assert "published tables this run fits: colocam-t1-ytov1" in out
     page = (run_dir / "report.html").read_text()  # the run's report, written as it ended
     for fig in ("test_frames", "threshold_curves", "epoch_curves", "class_corloc"):
-        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 1000 and f"figures/{fig}.png" in page
+        assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 1000
+    assert page.count("data:image/png;base64,") >= 4  # the page carries its figures
 
 
 @pytest.mark.slow
@@ -105,8 +106,8 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path):
     assert resumed["resumed_from"] == "classifier epoch 2"
     assert resumed["metrics"] == ref["metrics"]
     assert resumed["selection"] == ref["selection"]
-    a = torch.load(ref_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=False)["method"]
-    b = torch.load(run_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=False)["method"]
+    a = torch.load(ref_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=True)["method"]
+    b = torch.load(run_dir / "checkpoints" / "0-classifier-epoch003.pt", weights_only=True)["method"]
     for key in a["classifier"]:
         assert torch.equal(a["classifier"][key], b["classifier"][key]), key
 

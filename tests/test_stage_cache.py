@@ -10,7 +10,7 @@ from conftest import TINY_YTO
 
 
 def _checkpoint_weights(run_dir):
-    return [torch.load(p, weights_only=False)["method"]["classifier"]
+    return [torch.load(p, weights_only=True)["method"]["classifier"]
             for p in sorted((run_dir / "checkpoints").glob("0-classifier-*.pt"))]
 
 

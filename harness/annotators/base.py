@@ -151,12 +151,10 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
 
 
 def default_settings(name: str) -> dict:
-    from harness.config import read_file
     from harness.registry import registry
 
     entry = registry().get("annotator", name)
-    config = entry.config if isinstance(entry.config, dict) else read_file(entry.config) if entry.config else {}
-    return dict(config.get("annotators", {}).get(entry.name, {}))
+    return dict(entry.layer().get("annotators", {}).get(entry.name, {}))
 
 
 def _check_box(box: Any, name: str, frame_id: str) -> Box:

@@ -110,10 +110,17 @@ class ProposalAnnotator(Annotator):
         if not 0 < float(s["filter_fraction"]) <= 1:
             raise HarnessError(f"filter_fraction={s['filter_fraction']} must be in (0, 1]")
 
+    def identity_settings(self) -> dict:
+        """Whether the classifier went through the stage cache does not change the boxes."""
+        out = super().identity_settings()
+        out["classifier"] = {k: v for k, v in dict(out["classifier"]).items() if k != "cache"}
+        return out
+
     def annotate(self, split: Split, indices: list[int], ctx: Context) -> Annotation:
         s = self.settings
         proposer = self._proposer(ctx)  # missing weights fail before the classifier trains
-        clf = trained_classifier(s["classifier"], s["seed"], ctx.dataset, ctx.workdir, ctx.device, ctx.progress)
+        clf = trained_classifier(s["classifier"], s["seed"], ctx.dataset, ctx.workdir, ctx.device, ctx.progress,
+                                 annotator=f"{self.name} annotator")
         boxes, steps, candidates, peaks = [], {"pg": [], "top_filtered": []}, [], []
         for i in tqdm(indices, desc=f"{self.name} {split.name}", leave=False, disable=not ctx.progress):
             image = split.image(i)
