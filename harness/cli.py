@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -11,16 +12,44 @@ from tabulate import tabulate
 from harness.errors import HarnessError
 
 
+_START = """commands: run, eval, sweep, annotate, list, data, leaderboard, report (`harness COMMAND -h` for each).
+To start: `harness run --plugin cam --protocol gt-val` trains and evaluates CAM on the built-in
+synthetic dataset; `harness list` shows every method, protocol and dataset."""
+
+
+class _Warnings(logging.Handler):
+    """The harness's warnings on stderr outside a run (inside one, the run's log shows them)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        if not getattr(logging.getLogger("harness"), "run_console", False):
+            print(f"harness: warning: {record.getMessage()}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    log = logging.getLogger("harness")
+    if not any(isinstance(h, _Warnings) for h in log.handlers):
+        log.addHandler(_Warnings())
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
-        parser.print_help()
+        sub = getattr(args, "_sub", None)
+        (sub or parser).print_usage(sys.stderr)
+        if sub is None:
+            print(f"harness: error: no command given.\n{_START}", file=sys.stderr)
+        else:
+            print(f"harness: error: `harness {sub.prog.split()[-1]}` needs an action (see -h)", file=sys.stderr)
         return 2
     try:
         return args.func(args) or 0
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the harness was not written to expect: name it, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"harness: error:{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         where = getattr(args, "_run_dir", None)
@@ -93,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
 
     data = sub.add_parser("data", help="datasets: generate the synthetic ones, draw samples")
+    data.set_defaults(_sub=data)
     dsub = data.add_subparsers(metavar="ACTION")
     synth = dsub.add_parser("synth", help="generate (or verify the cache of) a synthetic dataset")
     synth.add_argument("--name", default="synth-yto", choices=["synth-yto", "synth-cub"])
@@ -125,7 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
     lb.add_argument("--protocol", help="each run's re-evaluation under this preset (from `harness eval "
                     "--protocol all`) instead of its own result")
-    lb.add_argument("--out", metavar="FILE", help="write the table to FILE instead of printing it")
+    lb.add_argument("--out", metavar="FILE", help="write the table to FILE instead of printing it (its folder is "
+                    "created)")
+    lb.add_argument("--bold", default="paper", choices=["paper", "max", "none"],
+                    help="bold cells: the paper's own marks (default), each column's best among the ranked rows "
+                    "on the real dataset, or none; reference rows are never bold")
     lb.add_argument("--list", action="store_true", help="list the published tables")
     lb.add_argument("--match", action="store_true", help="the tables each of --runs fits")
     lb.add_argument("--check", action="store_true", help="re-derive every printed average of the transcriptions")
@@ -139,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="with --index: run directories or roots")
     rep.add_argument("--tables", nargs="+", metavar="ID", help="with --index: these tables (default: every table "
                      "a run fits)")
+    rep.add_argument("--bold", default="paper", choices=["paper", "max", "none"],
+                     help="with --index: bold cells of the tables, as `harness leaderboard --bold`")
     rep.add_argument("--frames", type=int, default=16, help="test frames in the grid (default 16)")
     rep.add_argument("--device", help="for runs whose maps were not saved: auto, cpu, cuda")
     rep.add_argument("--no-progress", action="store_true")
@@ -159,7 +195,7 @@ def cmd_run(args) -> int:
         if not args.plugin:
             raise HarnessError("--plugin is required (see `harness list` for the methods)")
         run_dir = runner.prepare(args.plugin, args.protocol, args.dataset, args.cfg_options, args.run_root,
-                                 args.device, args.config)
+                                 args.device, args.config, progress=not args.no_progress)
     args._run_dir = run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     record = runner.execute(run_dir, progress=not args.no_progress)
@@ -211,14 +247,16 @@ def cmd_eval(args) -> int:
             table = results.protocol_grid_table
         records = runner.reevaluate_many(run_dir, protocols, args.cfg_options, args.device, not args.no_progress,
                                          out_dir=out)
+        folder = runner.evaluation_dir(run_dir, records[0]["settings_changed"], out)
         text = table(records)
-        io.write_text(run_dir / out / "protocols.md", text + "\n")
+        io.write_text(folder / "protocols.md", text + "\n")
         print(text)
-        print(f"\nwritten: {run_dir / out}/")
+        print(f"\nwritten: {folder}/")
         return 0
     record = runner.reevaluate(run_dir, args.protocol, args.cfg_options, args.device, not args.no_progress)
     _print_record(record)
-    print(f"written: {run_dir / 'evaluations' / (record['protocol']['name'] + '.json')}")
+    folder = runner.evaluation_dir(run_dir, record["settings_changed"])
+    print(f"written: {folder / (record['protocol']['name'] + '.json')}")
     return 0
 
 
@@ -259,7 +297,7 @@ def cmd_annotate(args) -> int:
 
     entry = registry().get("annotator", args.annotator)
     dataset_entry = registry().get("dataset", args.dataset)
-    cfg = Config(config_mod.merge(annotator_defaults(), dataset_entry.config))
+    cfg = Config(config_mod.merge(annotator_defaults(), dataset_entry.layer()))
     bad = [k for k in args.cfg_options if not k.startswith(("annotators.", "data."))]
     if bad:
         raise HarnessError(f"harness annotate takes annotators.* and data.* options only; got {', '.join(bad)}")
@@ -283,8 +321,12 @@ def cmd_list(args) -> int:
              f"{e.distribution} [{e.plugin}]"] for e in reg.all_entries()]
     print(tabulate(rows, headers=["kind", "name", "description", "from"], tablefmt="simple"))
     if reg.failures:
-        print("\nplugins that failed to load (skipped):")
+        print("\nplugin problems (what they register is skipped; everything else works):")
         for f in reg.failures:
+            print(f"  {f.plugin} ({f.distribution}): {f.error}")
+    if reg.warnings:
+        print("\nplugin warnings:")
+        for f in reg.warnings:
             print(f"  {f.plugin} ({f.distribution}): {f.error}")
     return 0
 
@@ -294,7 +336,7 @@ def _dataset_config(name: str, overrides: dict) -> tuple[object, Config]:
     from harness.registry import registry
 
     entry = registry().get("dataset", name)
-    cfg = Config(dict(entry.config))
+    cfg = Config(entry.layer())
     config_mod.apply_overrides(cfg, overrides)
     return entry, cfg
 
@@ -338,7 +380,6 @@ def cmd_data_show(args) -> int:
 
 
 def cmd_leaderboard(args) -> int:
-    from harness import io, results
     from harness.leaderboard import commands
 
     if args.list:
@@ -354,30 +395,34 @@ def cmd_leaderboard(args) -> int:
         print(commands.match(args.runs))
         return 0
     if args.table:
-        text, skipped = commands.table(args.table, args.runs, args.format, args.protocol)
+        text, skipped = commands.table(args.table, args.runs, args.format, args.protocol, args.bold)
         for why in skipped:
             print(f"harness: left out {why}", file=sys.stderr)
         if args.out:
-            io.write_text(args.out, text)
-            print(f"wrote {args.out}")
+            print(commands.write_output(args.out, text))
         else:
             print(text, end="")
         return 0
-    if args.runs or args.format != "md" or args.protocol or args.out:
-        raise HarnessError("--runs/--format/--protocol/--out go with --table ID (see --list)")
+    if args.runs or args.format != "md" or args.protocol or args.out or args.bold != "paper":
+        raise HarnessError("--runs/--format/--protocol/--out/--bold go with --table ID (see --list)")
     root = Path(args.run_root)
     if not root.is_dir():
         raise HarnessError(f"run root {root} does not exist; pass --run-root DIR")
-    path = results.write_leaderboard(root)
+    path, listed, skipped = commands.regenerate(root)
     print(path.read_text())
+    for why in skipped:
+        print(f"harness: left out of the leaderboard: {why}", file=sys.stderr)
+    print(f"wrote {path} ({listed} run{'' if listed == 1 else 's'}"
+          + (f"; {len(skipped)} damaged record{'' if len(skipped) == 1 else 's'} left out, named above)"
+             if skipped else ")"))
     return 0
 
 
 def cmd_report(args) -> int:
-    from harness.leaderboard import render
+    from harness.leaderboard import commands, render
     from harness.leaderboard.runs import fitting_tables, load_record, run_dirs
     from harness.leaderboard.tables import get
-    from harness.report import write_index, write_report
+    from harness.report import report_summary, write_index, write_report
 
     if bool(args.run) == bool(args.index):
         raise HarnessError("give --run RUN_DIR (one run's report) or --index HTML --runs DIR ... (a page across runs)")
@@ -385,18 +430,27 @@ def cmd_report(args) -> int:
         raise HarnessError(f"--frames {args.frames}: must be at least 1")
     progress = not args.no_progress
     if args.run:
-        print(f"wrote {write_report(args.run, args.frames, progress, args.device)}")
+        page = write_report(args.run, args.frames, progress, args.device)
+        summary, damaged = report_summary(page)
+        for why in damaged:
+            print(f"harness: left out {why}", file=sys.stderr)
+        print(f"wrote {page} ({summary})")
         return 0
     dirs = run_dirs(args.runs) if args.runs else []
     if not dirs:
         raise HarnessError("--index needs --runs DIR ... (run directories or run roots)")
     ids = args.tables or fitting_tables([load_record(d) for d in dirs])
-    tables = []
+    tables, skipped = [], []
     for n, table_id in enumerate(ids):
-        out = render.build(get(table_id), dirs)
+        out = render.build(get(table_id), dirs, bold=args.bold)
+        skipped += [why for why in out.damaged if why not in skipped]
         style = f"<style>{render.HTML_STYLE}</style>" if n == 0 else ""
         tables.append((out.table.title, style + render.html_fragment(out)))
-    print(f"wrote {write_index(args.index, dirs, tables, progress, args.frames)}")
+    for why in skipped:
+        print(f"harness: left out {why}", file=sys.stderr)
+    created = commands.missing_folder(args.index)
+    page = write_index(args.index, dirs, tables, progress, args.frames)
+    print(f"{commands.wrote(page, created)} ({len(dirs)} runs, {len(tables)} tables)")
     return 0
 
 

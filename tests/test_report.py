@@ -1,8 +1,12 @@
 """Per-run figures and the self-contained HTML report, on tiny runs made by the harness itself."""
+import base64
+import io
 import json
 import re
 import shutil
+import subprocess
 from collections import Counter
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from harness.report import choose_frames, drawn_frames, load_run, predicted_boxe
 from harness.report.figures import MAX_PNG_BYTES
 
 from conftest import TINY_YTO
+from test_leaderboards import INTERNAL, _tool
 
 FIGURES = ("test_frames", "threshold_curves", "epoch_curves", "class_corloc")
 # Three ways of choosing tau: one global tau on pseudo-boxes, Otsu per map, one tau per class.
@@ -47,7 +52,13 @@ def _cell(html: str, key: str) -> str:
 
 
 def _local_refs(html: str) -> list[str]:
-    return re.findall(r'(?:src|href)="([^"]+)"', html)
+    return [r for r in re.findall(r'(?:src|href)="([^"]+)"', html) if not r.startswith("data:")]
+
+
+def _embedded(html: str) -> dict[str, bytes]:
+    """The page's images: alt text -> the PNG bytes of its data URI."""
+    return {alt: base64.b64decode(data) for data, alt in
+            re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]+)">', html)}
 
 
 def test_report_has_every_figure_and_the_run_numbers(runs, tmp_path):
@@ -60,10 +71,9 @@ def test_report_has_every_figure_and_the_run_numbers(runs, tmp_path):
         assert 0 < path.stat().st_size <= MAX_PNG_BYTES, name
         with Image.open(path) as im:
             assert 300 <= im.width <= 2500 and 200 <= im.height <= 2500, (name, im.size)
-        assert f'src="figures/{name}.png"' in html
-    refs = _local_refs(html)
-    assert len(refs) == len(FIGURES)
-    assert all(not Path(r).is_absolute() and (page.parent / r).is_file() for r in refs)
+    # self-contained: the figures are in the page itself, as written to figures/
+    assert _embedded(html) == {name: (run_dir / "figures" / f"{name}.png").read_bytes() for name in FIGURES}
+    assert _local_refs(html) == [] and html.count("<img") == len(FIGURES)
     assert "http://" not in html and "https://" not in html and "<script" not in html and "@import" not in html
 
     record = _result(run_dir)
@@ -138,7 +148,7 @@ def test_missing_pieces_leave_out_figures_and_say_why(runs, tmp_path):
     assert not (run_dir / "figures" / "test_frames.png").exists()  # no stale figure
     assert not (run_dir / "figures" / "threshold_curves.png").exists()
     # the per-epoch selection scores and the per-class CorLoc live in result.json itself
-    assert {r for r in _local_refs(html)} == {"figures/epoch_curves.png", "figures/class_corloc.png"}
+    assert set(_embedded(html)) == {"epoch_curves", "class_corloc"} and _local_refs(html) == []
 
 
 def test_epochs_without_evaluation_record_are_skipped(runs, tmp_path):
@@ -159,10 +169,10 @@ def test_other_protocols_are_tabled_with_any_eval_setting_they_changed(runs, tmp
     assert rows == {"pseudo-box-val": ' class="own"', "oracle": "", "gt-val": ""}
     assert re.search(r"<td>gt-val</td>.*<td>multi_contour=True</td></tr>", html)
     assert re.search(r"<td>oracle</td><td>BT-TT</td>.*<td></td></tr>", html)
-    # That re-evaluation overwrote the cached val records under other settings: they no
-    # longer describe the run, and no figure reads them.
+    # That re-evaluation kept its records apart (evals/settings-<key>/): the run's own cached
+    # records still describe the run, and the figures read them.
     run = load_run(run_dir)
-    assert all(run.eval_record("val", e) is None for e in run.epochs())
+    assert all(run.eval_record("val", e) is not None for e in run.epochs())
     assert _cell(html, "test-corloc") == f"{_result(run_dir)['metrics']['test']['corloc']:.2f}"
 
 
@@ -234,12 +244,19 @@ def test_cli_report_and_index_with_the_tables_the_runs_fit(runs, tmp_path, capsy
     root = tmp_path / "root"
     dirs = [_copy(d, root) for d in runs.values()]
     assert main(["report", "--run", str(dirs[0]), "--frames", "4", "--no-progress"]) == 0
-    assert (dirs[0] / "report.html").is_file() and "report.html" in capsys.readouterr().out
-    index = tmp_path / "index.html"
+    assert capsys.readouterr().out == (f"wrote {dirs[0] / 'report.html'} (4 of 4 figures embedded, also written "
+                                       f"to {dirs[0] / 'figures'})\n")
+    index = tmp_path / "new" / "site" / "index.html"
     assert main(["report", "--index", str(index), "--runs", str(root), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"created folder {index.parent}; wrote {index} (3 runs, ") and "tables)" in said
     html = index.read_text()
     # synth-yto runs fit the YouTube-Objects tables: they are on the page, with the runs inserted
     assert "id='colocam-t1-ytov1'" in html and "id='tcam-t1-ytov2.2'" in html
+    assert "<td class='num'><b>82.1</b></td>" in html  # the paper's own marks by default
+    assert main(["report", "--index", str(index), "--runs", str(root), "--bold", "none", "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {index} (")  # the folder exists now
+    assert "<td class='num'><b>" not in index.read_text()
     assert html.count("<tr class='run synth'") >= len(dirs)
     assert "id='fcam-t1'" not in html  # an image table no run fits
     assert main(["report", "--index", str(index), "--runs", str(root), "--tables", "fcam-t1",
@@ -249,3 +266,98 @@ def test_cli_report_and_index_with_the_tables_the_runs_fit(runs, tmp_path, capsy
     assert "give --run RUN_DIR" in capsys.readouterr().err
     assert main(["report", "--index", str(index)]) == 2
     assert "--index needs --runs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ self-contained, in a browser
+
+# Runs in the page before anything loads: records every failed load and script error, then
+# writes what the browser saw into the DOM, which --dump-dom prints.
+_PROBE = """<script>
+var probeErrors = [];
+window.addEventListener("error", function (e) {
+  var t = e.target;
+  probeErrors.push(t && t !== window ? "failed to load " + (t.src || t.href || t.tagName).slice(0, 80)
+                                      : String(e.message));
+}, true);
+window.addEventListener("load", function () {
+  var pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({
+    images: Array.prototype.map.call(document.images, function (i) { return [i.alt, i.naturalWidth]; }),
+    errors: probeErrors,
+    fetched: performance.getEntriesByType("resource").map(function (r) { return r.name.slice(0, 80); })});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _check_page(page: Path, tmp_path: Path) -> int:
+    """Assert ``page`` needs nothing outside itself; return how many images it shows. Statically:
+    every image a data URI of a valid PNG, no stylesheet, script, font or remote reference, links
+    only to files that exist. In headless Chromium (when installed; required with
+    HARNESS_REQUIRE_TOOLS=1), from a copy in an empty folder: every image decoded, nothing
+    fetched, nothing failed, no console message."""
+    html = page.read_text()
+    images = re.findall(r"<img [^>]*>", html)
+    sources = [re.search(r'src="([^"]*)"', img).group(1) for img in images]
+    for src in sources:
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True))) as im:
+            im.verify()
+    for needle in ("<link", "<script", "url(", "@import", "http://", "https://", "<iframe", "<object"):
+        assert needle not in html, needle
+    for href in re.findall(r'href="([^"]*)"', html):
+        assert not Path(href).is_absolute() and (page.parent / href).is_file(), href
+
+    chromium = _tool("chromium")
+    if chromium is not None:
+        alone = tmp_path / f"alone-{page.parent.name}"
+        alone.mkdir()
+        (alone / page.name).write_text(html.replace("<head>", "<head>" + _PROBE, 1))
+        done = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
+             "--dump-dom", (alone / page.name).as_uri()], capture_output=True, text=True, timeout=120)
+        found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+        assert done.returncode == 0 and found, done.stderr[-3000:]
+        seen = json.loads(unescape(found.group(1)))
+        assert len(seen["images"]) == len(images) and all(width > 0 for _, width in seen["images"]), seen["images"]
+        assert seen["errors"] == [] and seen["fetched"] == [], seen
+        console = [ln for ln in done.stderr.splitlines() if ":CONSOLE" in ln]
+        assert console == [], console
+    return len(images)
+
+
+def test_report_and_index_pages_are_self_contained(runs, tmp_path):
+    run_dir = _copy(runs["pseudo-box-val"], tmp_path / "root")
+    page = write_report(run_dir, frames=4)
+    assert _check_page(page, tmp_path) == len(FIGURES)
+    from harness.leaderboard import render
+    from harness.leaderboard.tables import get
+
+    out = render.build(get("colocam-t1-ytov1"), [run_dir])
+    index = write_index(tmp_path / "site" / "index.html", [run_dir],
+                        tables=[(out.table.title, f"<style>{render.HTML_STYLE}</style>" + render.html_fragment(out))])
+    assert "colocam-t1-ytov1" in index.read_text()
+    _check_page(index, tmp_path)
+    for html in (page.read_text(), index.read_text()):
+        assert INTERNAL.search(html) is None  # published pages cite no internal digest
+
+
+def test_a_damaged_reevaluation_is_left_out_of_the_report_naming_it(runs, tmp_path, capsys):
+    """One damaged record under evaluations/ must not hide the others, nor stop the report."""
+    from harness.cli import main
+
+    run_dir = _copy(runs["pseudo-box-val"], tmp_path)
+    good = _result(run_dir)
+    good["protocol"]["name"] = "gt-val"
+    (run_dir / "evaluations").mkdir(exist_ok=True)
+    (run_dir / "evaluations" / "gt-val.json").write_text(json.dumps(good))
+    (run_dir / "evaluations" / "broken.json").write_text(json.dumps([good]))
+    assert main(["report", "--run", str(run_dir), "--frames", "2", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    broken = run_dir / "evaluations" / "broken.json"
+    assert f"{broken} is not a result record" in captured.err and "Traceback" not in captured.err
+    html = (run_dir / "report.html").read_text()
+    assert "<td>gt-val</td>" in html and f"Left out: {broken} is not a result record" in html

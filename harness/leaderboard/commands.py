@@ -1,9 +1,14 @@
 """What ``harness leaderboard`` prints: the table list, the tables a run fits, a table with
-runs inserted, and the consistency report of the transcriptions."""
+runs inserted, the consistency report of the transcriptions, the run root's leaderboard.md;
+and how the leaderboard and report commands write their files and say so."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from tabulate import tabulate
 
+from harness import io, results
+from harness.errors import HarnessError
 from harness.leaderboard import checks, render
 from harness.leaderboard.runs import fitting_tables, load_record, run_dirs
 from harness.leaderboard.tables import PAPERS, all_tables, get
@@ -30,10 +35,42 @@ def match(runs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def table(table_id: str, runs: list[str] = (), fmt: str = "md", protocol: str | None = None) -> tuple[str, list[str]]:
-    """The rendered table and the runs left out (with why)."""
-    out = render.build(get(table_id), runs, protocol)
-    return render.render(out, fmt), out.skipped
+def table(table_id: str, runs: list[str] = (), fmt: str = "md", protocol: str | None = None,
+          bold: str = "paper") -> tuple[str, list[str]]:
+    """The rendered table and the runs and records left out (with why)."""
+    out = render.build(get(table_id), runs, protocol, bold)
+    return render.render(out, fmt), out.skipped + out.damaged
+
+
+def regenerate(root: Path) -> tuple[Path, int, list[str]]:
+    """Rewrite ``root``'s leaderboard.md: its path, how many runs it lists, and the result
+    records left out (foreign or damaged), each naming its file and problem."""
+    skipped: list[str] = []
+    path = results.write_leaderboard(root, skipped)
+    listed = sum(1 for _ in Path(root).glob(f"*/{results.RESULT_FILE}")) - len(skipped)
+    return path, listed, skipped
+
+
+def missing_folder(path: str | Path) -> Path | None:
+    """The folder that writing ``path`` will create, or None when it exists; a file in the
+    way is an error."""
+    folder = Path(path).parent
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            raise HarnessError(f"cannot write {path}: {above} is a file, not a folder; choose another path")
+    return None if folder.is_dir() else folder
+
+
+def wrote(path: str | Path, created: Path | None) -> str:
+    """The line a command prints after writing ``path``."""
+    return (f"created folder {created}; " if created else "") + f"wrote {path}"
+
+
+def write_output(path: str | Path, text: str) -> str:
+    """Write ``text`` to ``path``, creating its folder; the line saying what was done."""
+    created = missing_folder(path)
+    io.write_text(path, text)
+    return wrote(path, created)
 
 
 def check_report() -> tuple[str, bool]:

@@ -1,15 +1,17 @@
 """A published table with the user's runs inserted, as Markdown, LaTeX (booktabs), CSV or HTML.
 
-Published cells are shown as printed; run cells with the table's decimals. The best value
-of each column is marked (bold) among the rows on the table's real dataset: a synthetic
-stand-in row is never ranked. Every difference of protocol, dataset or backbone between
-the rows is said in a footnote.
+Published cells are shown as printed; run cells with the table's decimals. Bold marks
+(``BOLD``): the paper's own marks (default), the best value of each column among the ranked
+rows on the table's real dataset (a synthetic stand-in row is never ranked), or none;
+reference rows (baselines, bounds, aggregates of other rows) are never bold. Every
+difference of protocol, dataset or backbone between the rows is said in a footnote.
 """
 from __future__ import annotations
 
 import csv
 import html
 import io
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from harness.leaderboard.runs import STAND_INS, RunRecord, all_records, cell_val
 from harness.leaderboard.tables import PAPERS, THRESHOLDS, Table
 
 FORMATS = ("md", "latex", "csv", "html")
+BOLD = ("paper", "max", "none")
 
 
 @dataclass
@@ -29,34 +32,41 @@ class Row:
     kind: str = "published"      # or "run"
     synth: bool = False
     ranked: bool = True          # False: doubtful in the source, never marked best
+    reference: bool = False      # a baseline, bound or aggregate of other rows: never bold
     protocol: str = ""
     source: str = ""
+    paper_bold: tuple[int, ...] = ()  # the columns the paper printed in bold
 
 
 @dataclass
 class Rendered:
     table: Table
     rows: list[Row]
-    best: set[tuple[int, int]] = field(default_factory=set)
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) cells shown in bold
     footnotes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runs that fill no cell, with why
+    damaged: list[str] = field(default_factory=list)  # re-evaluation records left out, each naming its file
 
     @property
     def headers(self) -> list[str]:
         return [c.header for c in self.table.columns]
 
 
-def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None) -> Rendered:
+def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None, bold: str = "paper") -> Rendered:
     """``runs``: run directories or run roots; ``protocol``: use each run's re-evaluation
-    under that preset instead of its own result."""
+    under that preset instead of its own result; ``bold``: one of :data:`BOLD`."""
+    if bold not in BOLD:
+        raise HarnessError(f"--bold {bold!r}: use one of {', '.join(BOLD)}")
     source = f"{PAPERS()[table.paper]['short']} {table.table}"
     rows = [Row([c.text for c in r], [c.value for c in r], "published", protocol=table.protocol, source=source,
-                ranked=table.row_key(r) not in table.unranked_rows) for r in table.rows]
+                ranked=table.row_key(r) not in table.unranked_rows,
+                reference=table.row_key(r) in table.reference_rows,
+                paper_bold=tuple(j for j, c in enumerate(r) if c.bold)) for r in table.rows]
     out = Rendered(table, rows)
     run_rows: list[tuple[Row, RunRecord]] = []
     for run_dir in run_dirs(runs):
-        made = _select_rows(table, run_dir) if _select_col(table) is not None else \
-            _plain_row(table, load_record(Path(run_dir), protocol))
+        made = _select_rows(table, run_dir, out.damaged) if _select_col(table) is not None else \
+            _plain_row(table, load_record(Path(run_dir), protocol, out.damaged))
         if not made:
             rec = load_record(Path(run_dir))
             out.skipped.append(f"{run_dir}: {rec.dataset} run has no cell of {table.id} "
@@ -64,8 +74,8 @@ def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None
         run_rows += made
     _label_runs(table, run_rows)
     out.rows += [row for row, _ in run_rows]
-    out.best = _best(out)
-    out.footnotes = _footnotes(table, [r for _, r in run_rows])
+    out.bold = {"paper": _paper_marks, "max": _best, "none": lambda _: set()}[bold](out)
+    out.footnotes = _footnotes(table, [r for _, r in run_rows], bold, bool(_paper_marks(out)))
     return out
 
 
@@ -77,7 +87,7 @@ def _plain_row(table: Table, run: RunRecord) -> list[tuple[Row, RunRecord]]:
     return [(_run_row(table, run, values), run)]
 
 
-def _select_rows(table: Table, run_dir: Path) -> list[tuple[Row, RunRecord]]:
+def _select_rows(table: Table, run_dir: Path, damaged: list[str]) -> list[tuple[Row, RunRecord]]:
     """Select-coded tables: one row per setting code the run was evaluated under, each cell
     from the record of that code (or of the column's own threshold source) and the
     column's supervision."""
@@ -86,7 +96,7 @@ def _select_rows(table: Table, run_dir: Path) -> list[tuple[Row, RunRecord]]:
     # the paper's layout: a setting whose column the paper leaves empty (class labels cannot
     # choose a threshold on val) stays empty for a run too
     printed = {(r[sel].text, j) for r in table.rows for j, cell in enumerate(r) if cell.text not in ("", "—")}
-    records = all_records(Path(run_dir))
+    records = all_records(Path(run_dir), damaged)
     made = []
     for code in codes:
         values, used = [], []
@@ -143,18 +153,28 @@ def _label_runs(table: Table, run_rows: list[tuple[Row, RunRecord]]) -> None:
         row.cells[0] = text + (" [synth]" if run.synth else "")
 
 
-def _footnotes(table: Table, runs: list[RunRecord]) -> list[str]:
+def _footnotes(table: Table, runs: list[RunRecord], bold: str, paper_marks: bool) -> list[str]:
     paper = PAPERS()[table.paper]
+    code = f", authors' code {paper['code'].split('://')[-1]}" if paper.get("code") else ""
     where = f"Published rows: {paper['short']} {table.table}" + (f" ({table.block})" if table.block else "") \
-        + f", {paper['citation']}; "
+        + f", {paper['citation']}{code}; "
     if _select_col(table) is not None:
         notes = [where + "each row's selection setting is in its Select column and each column's supervision in "
                  f"its header: {table.protocol_note}"]
     else:
         notes = [where + f"protocol `{table.protocol}` as the authors evaluated: {table.protocol_note}"]
+    if bold == "paper":
+        notes.append("Bold: the paper's own marks, as printed (`--bold max` marks each column's best instead)."
+                     if paper_marks else "Bold: none, the transcription of this table keeps no bold marks of the "
+                     "paper (`--bold max` marks each column's best).")
+    elif bold == "max":
+        notes.append("Bold: the best value of each column among the ranked rows on the real dataset "
+                     "(`--bold paper` shows the paper's own marks).")
+    if table.reference_rows:
+        notes.append("Reference rows, never bold: " + _names(table.reference_rows)
+                     + " (baselines, bounds or aggregates of other rows, not methods under comparison).")
     if table.unranked_rows:
-        notes.append("Never marked best, doubtful in the source (see the table's notes): "
-                     + "; ".join(table.unranked_rows) + ".")
+        notes.append("Doubtful in the source, never ranked best: " + _names(table.unranked_rows) + ".")
     if not runs:
         return notes
     if _select_col(table) is None:
@@ -176,8 +196,16 @@ def _footnotes(table: Table, runs: list[RunRecord]) -> list[str]:
     return notes
 
 
+def _names(row_keys: list[str]) -> str:
+    return "; ".join(k.strip(" |") for k in row_keys)  # "Improvement | " has an empty second label
+
+
 def _select_col(table: Table) -> int | None:
     return next((j for j, c in enumerate(table.columns) if c.role == "select"), None)
+
+
+def _paper_marks(out: Rendered) -> set[tuple[int, int]]:
+    return {(i, j) for i, r in enumerate(out.rows) if not r.reference for j in r.paper_bold}
 
 
 def _best(out: Rendered) -> set[tuple[int, int]]:
@@ -187,7 +215,7 @@ def _best(out: Rendered) -> set[tuple[int, int]]:
         if rule not in ("max", "min"):
             continue
         ranked = [(i, r.values[j]) for i, r in enumerate(out.rows)
-                  if r.values[j] is not None and r.ranked and not r.synth]
+                  if r.values[j] is not None and r.ranked and not r.reference and not r.synth]
         if not ranked:
             continue
         top = (max if rule == "max" else min)(v for _, v in ranked)
@@ -199,30 +227,75 @@ def _best(out: Rendered) -> set[tuple[int, int]]:
 
 
 def to_markdown(out: Rendered) -> str:
-    rows = [[f"**{c}**" if (i, j) in out.best and c else c for j, c in enumerate(r.cells)]
+    rows = [[f"**{c}**" if (i, j) in out.bold and c else c for j, c in enumerate(r.cells)]
             for i, r in enumerate(out.rows)]
     body = tabulate(rows, headers=out.headers, tablefmt="github", disable_numparse=True)
     head = f"**{out.table.title}**: {out.table.caption}\n\n"
     return head + body + "\n\n" + "\n".join(f"{n + 1}. {f}" for n, f in enumerate(out.footnotes)) + "\n"
 
 
+LATEX_PACKAGES = ("booktabs", "amssymb")  # \toprule etc.; \checkmark
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  # OT1, pdflatex's default font encoding, typesets these three as other glyphs
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
                   "—": "---", "–": "--", "−": "$-$", "×": r"$\times$", "✓": r"$\checkmark$",
-                  "✗": r"$\times$", "²": r"$^2$", "≈": r"$\approx$", "τ": r"$\tau$", "σ": r"$\sigma$",
-                  "δ": r"$\delta$", "λ": r"$\lambda$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
-                  "…": r"\ldots{}", "’": "'", "“": "``", "”": "''"}
+                  "✗": r"$\times$", "²": r"$^2$", "³": r"$^3$", "°": r"$^\circ$", "§": r"\S{}",
+                  "≈": r"$\approx$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$", "·": r"$\cdot$",
+                  "∀": r"$\forall$", "∈": r"$\in$", "→": r"$\rightarrow$", "←": r"$\leftarrow$",
+                  "↓": r"$\downarrow$", "↑": r"$\uparrow$", "⟨": r"$\langle$", "⟩": r"$\rangle$",
+                  "…": r"\ldots{}", "’": "'", "‘": "`", "“": "``", "”": "''", "\u00a0": "~",
+                  "ß": r"\ss{}", "æ": r"\ae{}", "Æ": r"\AE{}", "ø": r"\o{}", "Ø": r"\O{}", "œ": r"\oe{}",
+                  "ı": r"\i{}"}
+# Accented Latin letters are built from their Unicode decomposition: é = e + U+0301 -> \'{e}.
+_LATEX_ACCENTS = {"\u0300": "`", "\u0301": "'", "\u0302": "^", "\u0303": "~", "\u0304": "=", "\u0306": "u",
+                  "\u0307": ".", "\u0308": '"', "\u030a": "r", "\u030b": "H", "\u030c": "v", "\u0327": "c",
+                  "\u0328": "k"}
+_GREEK = {"alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu",
+          "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega"}  # those with a math command
+_GREEK_CAPITALS = {"Gamma", "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega"}
+LATEX_UNMAPPED = r"\texttt{[U+"  # what an unmapped character becomes: visible in the PDF, found by the tests
 
 
 def latex_escape(text: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+    out = []
+    for n, ch in enumerate(text):
+        if ch == "-" and text[n + 1:n + 2] == "-":
+            out.append("-{}")  # '--' would print an en dash: keep `--protocol` as typed
+        elif ch.isascii() and ch not in _LATEX_ESCAPES:
+            out.append(ch)
+        else:
+            out.append(_latex_char(ch))
+    return "".join(out)
+
+
+def _latex_char(ch: str) -> str:
+    if ch in _LATEX_ESCAPES:
+        return _LATEX_ESCAPES[ch]
+    base, *marks = unicodedata.normalize("NFD", ch)
+    if base.isascii() and marks and all(m in _LATEX_ACCENTS for m in marks):
+        for m in marks:
+            base = "\\" + _LATEX_ACCENTS[m] + "{" + base + "}"
+        return base
+    words = unicodedata.name(ch, "").split()
+    if words[:1] == ["GREEK"] and words[2:3] == ["LETTER"] and len(words) == 4:
+        letter = words[3].capitalize().replace("Lamda", "Lambda")
+        if words[1] == "SMALL" and letter.lower() in _GREEK:
+            return f"$\\{letter.lower()}$"
+        if words[1] == "CAPITAL" and letter in _GREEK_CAPITALS:
+            return f"$\\{letter}$"
+    # Correct LaTeX that shows the code point, so nothing is dropped unseen; the tests
+    # require that no table data reaches this.
+    return f"{LATEX_UNMAPPED}{ord(ch):04X}]}}"
 
 
 def to_latex(out: Rendered) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}, and amssymb for a check mark)."""
+    """A booktabs table for pdflatex; the first line names the packages it needs."""
     t = out.table
     spec = "".join("r" if c.role == "value" else "l" for c in t.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + latex_escape(f"{t.title}: {t.caption}") + "}",
+    lines = ["% wsol-harness table " + t.id + "; needs "
+             + " ".join(f"\\usepackage{{{p}}}" for p in LATEX_PACKAGES) + " (pdflatex)",
+             r"\begin{table}[htbp]", r"\centering", r"\caption{" + latex_escape(f"{t.title}: {t.caption}") + "}",
              r"\label{tab:" + t.id.replace(".", "-") + "}", r"\begin{tabular}{" + spec + "}", r"\toprule",
              " & ".join(latex_escape(h) for h in out.headers) + r" \\", r"\midrule"]
     previous = "published"
@@ -230,7 +303,7 @@ def to_latex(out: Rendered) -> str:
         if r.kind != previous:
             lines.append(r"\midrule")
             previous = r.kind
-        cells = [r"\textbf{" + latex_escape(c) + "}" if (i, j) in out.best and c else latex_escape(c)
+        cells = [r"\textbf{" + latex_escape(c) + "}" if (i, j) in out.bold and c else latex_escape(c)
                  for j, c in enumerate(r.cells)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -275,7 +348,7 @@ def html_fragment(out: Rendered) -> str:
         cls = r.kind + (" synth" if r.synth else "")
         tds = "".join(
             f"<td class='{'num' if t.columns[j].role == 'value' else 'txt'}'>"
-            + (f"<b>{e(c)}</b>" if (i, j) in out.best and c else e(c)) + "</td>"
+            + (f"<b>{e(c)}</b>" if (i, j) in out.bold and c else e(c)) + "</td>"
             for j, c in enumerate(r.cells))
         body.append(f"<tr class='{cls}' title='{e(r.protocol)}'>{tds}</tr>")
     notes = "".join(f"<li>{e(f)}</li>" for f in out.footnotes)

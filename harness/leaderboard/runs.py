@@ -7,7 +7,7 @@ family and supervision. Everything else stays empty: a cell is never guessed.
 """
 from __future__ import annotations
 
-import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,9 @@ from statistics import mean
 
 from harness.errors import HarnessError
 from harness.leaderboard.tables import Column, Table, all_tables
-from harness.results import RESULT_FILE
+from harness.results import RESULT_FILE, read_record
+
+log = logging.getLogger("harness")
 
 # The synthetic datasets exercise the same pipeline as the real ones; their rows are
 # shown beside a real table, marked, never ranked.
@@ -38,7 +40,9 @@ class RunRecord:
 
     @property
     def plugin(self) -> str:
-        return self.record.get("plugin", "?")
+        """The method as rows name it: the plugin, plus the CAM source when the run swapped in
+        another one (``cam+eigencam``)."""
+        return self.record.get("method_label") or self.record.get("plugin", "?")
 
     @property
     def dataset(self) -> str:
@@ -46,8 +50,8 @@ class RunRecord:
 
     @property
     def backbone(self) -> str:
-        cfg = self.record.get("config") or {}
-        return (cfg.get("classifier") or {}).get("backbone") or "?"
+        classifier = (self.record.get("config") or {}).get("classifier")
+        return (classifier.get("backbone") if isinstance(classifier, dict) else None) or "?"
 
     @property
     def protocol(self) -> str:
@@ -76,6 +80,7 @@ def run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories from arguments that are run directories or run roots; plain files
     are passed over, so ``--runs runs/*`` may match a root's leaderboard.md."""
     found: list[Path] = []
+    unfinished: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
             raise HarnessError(f"--runs {p}: no such directory")
@@ -84,45 +89,81 @@ def run_dirs(paths: list[str | Path]) -> list[Path]:
         if (p / RESULT_FILE).is_file():
             found.append(p)
             continue
+        if (p / "config.py").is_file() and len(paths) > 1:  # a run in progress, or killed, among others
+            unfinished.append(p)
+            continue
         children = sorted(c for c in p.iterdir() if (c / RESULT_FILE).is_file()) if p.is_dir() else []
         if not children:
             raise HarnessError(f"--runs {p}: neither a finished run (no {RESULT_FILE}) nor a folder of runs; "
                                f"finish it with `harness run --resume {p}` or pass the run directory")
         found += children
     if paths and not found:
-        raise HarnessError(f"--runs {' '.join(map(str, paths))}: no run directory among them")
+        raise HarnessError(f"--runs {' '.join(map(str, paths))}: no finished run directory among them"
+                           + (f" ({len(unfinished)} unfinished: `harness run --resume DIR` finishes one)"
+                              if unfinished else ""))
+    for p in unfinished:
+        log.warning("left out %s: the run has not finished (no %s); `harness run --resume %s` finishes it",
+                    p, RESULT_FILE, p)
     return list(dict.fromkeys(found))
 
 
-def load_record(run_dir: Path, protocol: str | None = None) -> RunRecord:
-    """The run's own result, or its re-evaluation under ``protocol``."""
-    if protocol is None:
-        return RunRecord(run_dir, _read(run_dir / RESULT_FILE), RESULT_FILE)
-    own = _read(run_dir / RESULT_FILE)
-    if own["protocol"]["name"] == protocol or protocol in own["protocol"].get("aliases", []):
+def load_record(run_dir: Path, protocol: str | None = None, skipped: list[str] | None = None) -> RunRecord:
+    """The run's own result, or its re-evaluation under ``protocol``; ``skipped`` collects
+    the damaged re-evaluations passed over (see :func:`evaluations`)."""
+    own = read_record(run_dir / RESULT_FILE)
+    if protocol is None or own["protocol"]["name"] == protocol or protocol in own["protocol"].get("aliases", []):
         return RunRecord(run_dir, own, RESULT_FILE)
-    path = _evaluation_path(run_dir, protocol)
-    if path is None:
-        raise HarnessError(f"{run_dir} has no evaluation under protocol {protocol!r}: run "
-                           f"`harness eval --run {run_dir} --protocol all` first")
-    return _reevaluation(run_dir, path, own)
+    damaged: list[str] = []
+    for path, rec in evaluations(run_dir, damaged):
+        if rec["protocol"]["name"] == protocol or protocol in rec["protocol"].get("aliases", []):
+            _pass_on(damaged, skipped)
+            return _reevaluation(run_dir, path, rec, own)
+    _pass_on(damaged, skipped)
+    unreadable = f" (left out as damaged: {'; '.join(damaged)})" if damaged else ""
+    raise HarnessError(f"{run_dir} has no evaluation under protocol {protocol!r}{unreadable}: run "
+                       f"`harness eval --run {run_dir} --protocol all` first")
 
 
-def all_records(run_dir: Path) -> list[RunRecord]:
+def all_records(run_dir: Path, skipped: list[str] | None = None) -> list[RunRecord]:
     """The run's result and every re-evaluation of it (presets and the grid), one per
     (setting code, supervision); the run's own result wins a tie."""
     own = load_record(run_dir)
     out: dict[tuple[str, str], RunRecord] = {(own.code, own.supervision): own}
-    for path in [*sorted((run_dir / "evaluations").glob("*.json")),
-                 *sorted((run_dir / "evaluations" / "grid").glob("*.json"))]:
-        r = _reevaluation(run_dir, path, own.record)
+    damaged: list[str] = []
+    for path, rec in evaluations(run_dir, damaged):
+        r = _reevaluation(run_dir, path, rec, own.record)
         out.setdefault((r.code, r.supervision), r)
+    _pass_on(damaged, skipped)
     return list(out.values())
 
 
-def _reevaluation(run_dir: Path, path: Path, own: dict) -> RunRecord:
+def evaluations(run_dir: Path, damaged: list[str], other_settings: bool = False) -> list[tuple[Path, dict]]:
+    """The run's re-evaluation records (``evaluations/*.json``, then ``evaluations/grid/``); with
+    ``other_settings``, also those under evaluation settings unlike the run's own
+    (``settings-<key>/`` folders), whose numbers a table must not mix with the run's. A damaged
+    record is left out and described in ``damaged``: one bad file must not hide the others."""
+    folders = [run_dir / "evaluations", run_dir / "evaluations" / "grid"]
+    if other_settings:
+        folders += [d for f in folders[:2] for d in sorted(f.glob("settings-*")) if d.is_dir()]
+    out = []
+    for path in (p for folder in folders for p in sorted(folder.glob("*.json")) if p.name != "settings.json"):
+        try:
+            out.append((path, read_record(path)))
+        except HarnessError as exc:
+            damaged.append(str(exc))
+    return out
+
+
+def _pass_on(damaged: list[str], skipped: list[str] | None) -> None:
+    if skipped is None:
+        for why in damaged:
+            log.warning("left out: %s", why)
+    else:
+        skipped += damaged
+
+
+def _reevaluation(run_dir: Path, path: Path, record: dict, own: dict) -> RunRecord:
     """A record of ``harness eval``; it leaves the config out, which is the run's own."""
-    record = _read(path)
     record.setdefault("config", own.get("config", {}))
     return RunRecord(run_dir, record, str(path.relative_to(run_dir)))
 
@@ -152,22 +193,24 @@ def cell_value(column: Column, run: RunRecord, dataset: str | None = None) -> fl
     iou = f"{column.iou if column.iou is not None else 0.5:g}"
     metric = column.metric
     if metric == "corloc_class":
-        classes = run.record["dataset"]["classes"]
-        return m["corloc_per_class"][classes.index(column.cls)] if column.cls in classes else None
+        classes, per_class = run.record["dataset"]["classes"], m.get("corloc_per_class")
+        if column.cls not in classes or not isinstance(per_class, list) or len(per_class) != len(classes):
+            return None
+        return _number(per_class[classes.index(column.cls)])
     if metric in ("max_box_acc", "box_acc"):
-        return (m.get(metric) or {}).get(iou)
+        return _number(_per_iou(m, metric).get(iou))
     if metric in ("max_box_acc_v2", "box_acc_v2"):
-        per_iou = m.get(metric.removesuffix("_v2")) or {}
-        values = [per_iou.get(k) for k in ("0.3", "0.5", "0.7")]
+        values = [_number(_per_iou(m, metric.removesuffix("_v2")).get(k)) for k in ("0.3", "0.5", "0.7")]
         return mean(values) if None not in values else None
     if metric == "mean_iou":
-        return None if m.get("mean_iou") is None else 100 * m["mean_iou"]
+        v = _number(m.get("mean_iou"))
+        return None if v is None else 100 * v
     if metric == "pseudo_box_iou":
         annotator = _ANNOTATOR.get(column.supervision or "", column.supervision)
         quality = ((run.record.get("pseudo_boxes") or {}).get(annotator) or {}).get("quality", {})
-        return (quality.get("val") or {}).get("mean_iou")
+        return _number((quality.get("val") or {}).get("mean_iou"))
     if metric in ("corloc", "cls_accuracy", "pxap", "top1_loc", "top5_loc"):
-        return m.get(metric)
+        return _number(m.get(metric))
     return None  # time, other: nothing the harness measures
 
 
@@ -182,22 +225,12 @@ def _family(backbone: str) -> str:
     return m.group(0) if m else backbone
 
 
-def _evaluation_path(run_dir: Path, protocol: str) -> Path | None:
-    for path in sorted((run_dir / "evaluations").glob("*.json")):
-        rec = _read(path)
-        if rec["protocol"]["name"] == protocol or protocol in rec["protocol"].get("aliases", []):
-            return path
-    return None
+# A record's metrics passed harness.results.record_problems, which allows a metric of another
+# shape (a list where a table expects a number): such a cell stays empty rather than failing.
+def _number(v) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _read(path: Path) -> dict:
-    try:
-        rec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HarnessError(f"{path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise HarnessError(f"{path} is not a readable result record ({e}); re-run `harness eval` on the run") from e
-    for key in ("protocol", "dataset", "metrics"):
-        if key not in rec:
-            raise HarnessError(f"{path} is not a result record (no {key!r})")
-    return rec
+def _per_iou(metrics: dict, name: str) -> dict:
+    v = metrics.get(name)
+    return v if isinstance(v, dict) else {}

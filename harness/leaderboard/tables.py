@@ -5,7 +5,9 @@ digests it was transcribed from, dataset, metric, backbone, the protocol the aut
 and its cells as the Markdown table printed in the digest, pasted verbatim: the printed
 strings are kept (``67.03`` stays ``67.03``, ``**82.1**`` records the source's bold mark),
 so a transcription can be diffed against its source line by line. The file format is
-documented in docs/leaderboards.md.
+documented in docs/leaderboards.md. What points into the digests (``source``,
+``protocol_source``, ``notes``, a mismatch's ``source``) is for maintainers and never rendered:
+published output cites the papers, their tables and the authors' code.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ class Table:
     paper: str
     table: str
     caption: str
-    source: str
+    source: str               # where in the (non-public) digests it was transcribed from: never rendered
     dataset: str
     metric: str
     backbone: str | None
@@ -104,6 +106,10 @@ class Table:
     checks: list[dict] = field(default_factory=list)
     known_mismatches: list[dict] = field(default_factory=list)
     unranked_rows: list[str] = field(default_factory=list)  # doubtful in the source: never marked best
+    reference_rows: list[str] = field(default_factory=list)  # baselines, bounds, aggregates: never bold
+    # For maintainers only, never rendered: where the protocol note's statements were read
+    # (the digests are not public, so published output cites the papers and code instead).
+    protocol_source: str = ""
     path: Path | None = None
 
     @property
@@ -175,7 +181,7 @@ def get(table_id: str) -> Table:
 
 _REQUIRED = ("id", "table", "caption", "source", "dataset", "metric", "protocol", "protocol_note", "cells")
 _TABLE_KEYS = set(_REQUIRED) | {"block", "backbone", "decimals", "notes", "columns", "checks", "known_mismatches",
-                                "best", "unranked_rows"}
+                                "best", "unranked_rows", "reference_rows", "protocol_source"}
 _CHECK_KEYS = {"rule", "columns", "result", "rows", "except_rows", "result_row", "row", "minus", "other", "row_map",
                "column_map", "tolerance", "note"}
 _COLUMN_KEYS = {"role", "metric", "dataset", "backbone", "class", "iou", "supervision", "threshold", "decimals",
@@ -233,11 +239,13 @@ def load_table(path: Path) -> Table:
         protocol_note=d["protocol_note"].strip(), decimals=int(d.get("decimals", 1)), columns=columns,
         rows=[[parse_cell(c) for c in r] for r in rows], block=d.get("block"), notes=list(d.get("notes", [])),
         checks=list(d.get("checks", [])), known_mismatches=list(d.get("known_mismatches", [])),
-        unranked_rows=list(d.get("unranked_rows", [])), path=path,
+        unranked_rows=list(d.get("unranked_rows", [])), reference_rows=list(d.get("reference_rows", [])),
+        protocol_source=d.get("protocol_source", ""), path=path,
     )
     for m in table.known_mismatches:
-        if set(m) != {"row", "column", "note"}:
-            raise HarnessError(f"{where}: each [[known_mismatches]] has exactly row, column and note; got {sorted(m)}")
+        if not {"row", "column", "note"} <= set(m) <= {"row", "column", "note", "source"}:
+            raise HarnessError(f"{where}: each [[known_mismatches]] has row, column and note (and optionally "
+                               f"source); got {sorted(m)}")
     for n, c in enumerate(table.checks):
         bad = sorted(set(c) - _CHECK_KEYS)
         if bad:
@@ -246,9 +254,10 @@ def load_table(path: Path) -> Table:
     if table.id != path.stem:
         raise HarnessError(f"{where}: id {table.id!r} must equal the file name {path.stem!r}")
     keys = [table.row_key(r) for r in table.rows]
-    unknown_rows = [k for k in table.unranked_rows if k not in keys]
-    if unknown_rows:
-        raise HarnessError(f"{where}: unranked_rows names no row: {unknown_rows}")
+    for key in ("unranked_rows", "reference_rows"):
+        unknown_rows = [k for k in getattr(table, key) if k not in keys]
+        if unknown_rows:
+            raise HarnessError(f"{where}: {key} names no row: {unknown_rows}; the rows are {keys}")
     dup = sorted({k for k in keys if keys.count(k) > 1})
     if dup:
         raise HarnessError(f"{where}: row names must be unique (add a select or label column); repeated: {dup}")

@@ -1,11 +1,13 @@
 """A run's self-contained HTML report, and an index page across runs.
 
-Self-contained: inline CSS, no script, no remote resource; figures are PNG files beside the
-page (``figures/*.png``), referenced by relative path, so a run directory can be copied or
-served as it is. Every piece of text from a record is HTML-escaped.
+Self-contained: inline CSS, no script, no remote resource, the figures embedded as PNG data
+URIs (also written to ``figures/*.png``, for use elsewhere), so the page alone can be mailed,
+copied or served. The index links each run's report by a relative path. Every piece of text
+from a record is HTML-escaped.
 """
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from html import escape
@@ -114,6 +116,18 @@ def write_report(run_dir: str | Path, frames: int = 16, progress: bool = False, 
     return page
 
 
+def report_summary(page: str | Path) -> tuple[str, list[str]]:
+    """What a written report holds, for the line ``harness report`` prints, and the damaged
+    re-evaluation records it left out (each naming its file and problem)."""
+    run_dir = Path(page).parent
+    fig_dir = run_dir / FIGURES_DIR
+    missing = [spec.name for spec in _FIGURES if not (fig_dir / f"{spec.name}.png").is_file()]
+    text = f"{len(_FIGURES) - len(missing)} of {len(_FIGURES)} figures embedded, also written to {fig_dir}"
+    damaged: list[str] = []
+    load_run(run_dir).other_evaluations(damaged)
+    return text + (f"; left out, the page says why: {', '.join(missing)}" if missing else ""), damaged
+
+
 def _report_page(run: Run, made: dict[str, str]) -> str:
     rec = run.record
     title = rec["run_id"]
@@ -124,12 +138,15 @@ def _report_page(run: Run, made: dict[str, str]) -> str:
     body.append("<h2>Figures</h2>")
     for spec in _FIGURES:
         body.append(_figure_html(spec, run, made[spec.name]))
-    others = run.other_evaluations()
-    if others:
+    damaged: list[str] = []
+    others = run.other_evaluations(damaged)
+    if others or damaged:
         body += ["<h2>Other protocols</h2>",
                  "<p>The same checkpoints re-selected under other protocols "
-                 "(<code>harness eval --protocol all|grid</code>); the run's own protocol in bold.</p>",
-                 _protocols_table(others, rec["protocol"]["name"], run.iou, rec["config"]["eval"])]
+                 "(<code>harness eval --protocol all|grid</code>); the run's own protocol in bold.</p>"]
+    if others:
+        body.append(_protocols_table(others, rec["protocol"]["name"], run.iou, rec["config"]["eval"]))
+    body += [f'<p class="missing">Left out: {escape(why)}</p>' for why in damaged]
     footer = f"wsol-harness {__version__}; run created {rec.get('created', '-')}"
     return _page(f"{title}: WSOL run report", "\n".join(body), footer)
 
@@ -158,8 +175,9 @@ def _summary_table(run: Run) -> str:
 def _figure_html(spec: _Figure, run: Run, missing: str) -> str:
     if missing:
         return f'<p class="missing">Figure <code>{spec.name}</code> left out: {escape(missing)}</p>'
-    src = f"{FIGURES_DIR}/{spec.name}.png"
-    return (f'<figure><img src="{escape(src)}" alt="{escape(spec.name)}">'
+    png = (run.dir / FIGURES_DIR / f"{spec.name}.png").read_bytes()
+    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="{src}" alt="{escape(spec.name)}">'
             f"<figcaption>{escape(spec.caption(run))}</figcaption></figure>")
 
 

@@ -10,10 +10,12 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator
+from harness.leaderboard.runs import evaluations
 from harness.protocol import Protocol
-from harness.results import RESULT_FILE
+from harness.results import RESULT_FILE, read_record
 
-_REQUIRED = ("run_id", "plugin", "protocol", "dataset", "selection", "metrics", "config")
+# read_record checks protocol, dataset, selection and metrics; the report reads these too.
+_ALSO_REQUIRED = ("run_id", "plugin", "config")
 
 
 @dataclass
@@ -71,7 +73,9 @@ class Run:
     def _read_eval(self, path: Path) -> dict | None:
         try:
             rec = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        if not isinstance(rec, dict):
             return None
         settings = rec.get("settings") or {}
         same = (settings.get("eval") == self.record["config"]["eval"]
@@ -94,16 +98,11 @@ class Run:
             return None
         return np.array([int(np.argmin(np.abs(thresholds - t))) for t in self.taus])
 
-    def other_evaluations(self) -> list[dict]:
-        """Re-selections of this run under other protocols (``harness eval --protocol all|grid``)."""
-        out = []
-        for path in sorted((self.dir / "evaluations").glob("*.json")) + \
-                sorted((self.dir / "evaluations" / "grid").glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue  # a damaged file must not hide the others
-        return out
+    def other_evaluations(self, damaged: list[str] | None = None) -> list[dict]:
+        """Re-selections of this run under other protocols or evaluation settings (``harness eval
+        --protocol all|grid``, ``--cfg-options eval.*``); a damaged record is left out and
+        described in ``damaged``."""
+        return [rec for _, rec in evaluations(self.dir, damaged if damaged is not None else [], other_settings=True)]
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -117,11 +116,13 @@ def load_run(run_dir: str | Path) -> Run:
             f"{run_dir} is not a finished run directory (no {RESULT_FILE} in it): pass a directory "
             f"written by `harness run`, or finish this one with `harness run --resume {run_dir}`"
         )
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"{path} cannot be read ({exc}); re-run `harness run --resume {run_dir}`") from exc
-    missing = [k for k in _REQUIRED if k not in record] if isinstance(record, dict) else list(_REQUIRED)
+    record = read_record(path)
+    missing = [k for k in _ALSO_REQUIRED if k not in record]
     if missing:
-        raise HarnessError(f"{path} is not a run result (it lacks {', '.join(missing)})")
+        raise HarnessError(f"{path} is not a run result (it lacks {', '.join(missing)}); it is written by "
+                           f"`harness run`, which `harness run --resume {run_dir}` completes")
+    settings = record["config"].get("eval")
+    if not (isinstance(settings, dict) and {"iou_threshold", "multi_contour"} <= set(settings)):
+        raise HarnessError(f"{path} is not a run result: its config has no eval.iou_threshold and "
+                           "eval.multi_contour (the evaluation settings the report draws with)")
     return Run(run_dir, record)
