@@ -17,6 +17,18 @@ To start: `harness run --plugin cam --protocol gt-val` trains and evaluates CAM 
 synthetic dataset; `harness list` shows every method, protocol and dataset."""
 
 
+class _KeyValues(DictAction):
+    """mmengine's KEY=VALUE parsing, with a malformed pair as a usage error, not a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            super().__call__(parser, namespace, values, option_string)
+        except (ValueError, TypeError, SyntaxError) as exc:
+            bad = next((v for v in values if "=" not in v), None)
+            why = f"{bad!r} has no '='" if bad is not None else f"{type(exc).__name__}: {exc}"
+            parser.error(f"{option_string} takes KEY=VALUE pairs (e.g. classifier.epochs=3): {why}")
+
+
 class _Warnings(logging.Handler):
     """The harness's warnings on stderr outside a run (inside one, the run's log shows them)."""
 
@@ -67,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plugin", help="method plugin (see `harness list`)")
     run.add_argument("--protocol", default="gt-val", help="protocol preset name or a protocol config file")
     run.add_argument("--dataset", default="synth-yto", help="dataset (default: synth-yto)")
-    run.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    run.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                      help="override config keys, e.g. classifier.epochs=3 eval.multi_contour=True")
     run.add_argument("--config", action="append", default=[], metavar="FILE",
                      help="experiment config file(s) layered after the presets, e.g. configs/papers/...; "
@@ -84,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
                     "realistic-protocol chapter's Table 4.2 matrix (default: the run's own protocol)")
     ev.add_argument("--annotators", help="with --protocol grid: pseudo-box annotators for the columns, "
                     "comma-separated, e.g. cam-pg,noisy-gt")
-    ev.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    ev.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                     help="evaluation settings only, e.g. eval.multi_contour=True eval.threshold_step=0.01")
     ev.add_argument("--device", help="auto, cpu, cuda, cuda:N (for runs whose maps were not saved)")
     ev.add_argument("--no-progress", action="store_true")
@@ -94,13 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--plugin", help="method plugin (see `harness list`)")
     sw.add_argument("--protocol", default="realistic", help="protocol preset or file (default: realistic)")
     sw.add_argument("--dataset", default="synth-yto")
-    sw.add_argument("--grid", nargs="+", action=DictAction, default={}, metavar="KEY=V1,V2",
+    sw.add_argument("--grid", nargs="+", action=_KeyValues, default={}, metavar="KEY=V1,V2",
                     help="values to try, Cartesian product, e.g. classifier.lr=0.01,0.05 classifier.epochs=5,10")
-    sw.add_argument("--space", nargs="+", action=DictAction, default={}, metavar="KEY=DIST",
+    sw.add_argument("--space", nargs="+", action=_KeyValues, default={}, metavar="KEY=DIST",
                     help="random search: loguniform:A:B, uniform:A:B, int:A:B or choice:X:Y, with --trials")
     sw.add_argument("--trials", type=int, help="random-search draws (per grid point)")
     sw.add_argument("--seed", type=int, default=0, help="random-search seed")
-    sw.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    sw.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                     help="fixed overrides applied to every trial")
     sw.add_argument("--config", action="append", default=[], metavar="FILE")
     sw.add_argument("--run-root", help="folder for the sweep (default: config run.root = runs)")
@@ -112,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--annotator", default="cam-pg", help="annotator (see `harness list`)")
     an.add_argument("--dataset", default="synth-yto")
     an.add_argument("--split", default="val")
-    an.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    an.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                     help="annotator and data settings, e.g. annotators.cam-pg.filter_fraction=0.3 data.seed=1")
     an.add_argument("--device", default="auto")
     an.add_argument("--no-progress", action="store_true")
@@ -126,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(metavar="ACTION")
     synth = dsub.add_parser("synth", help="generate (or verify the cache of) a synthetic dataset")
     synth.add_argument("--name", default="synth-yto", choices=["synth-yto", "synth-cub"])
-    synth.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    synth.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                        help="generator parameters, e.g. data.seed=1 data.image_size=96")
     synth.set_defaults(func=cmd_data_synth)
     prep = dsub.add_parser("prepare", help="check a copy of a real dataset, index it, compare with the "
@@ -135,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--root", help="the dataset folder (data.root); see docs/datasets.md for the layout")
     prep.add_argument("--check", default="eval", choices=["eval", "full", "headers", "none"],
                       help="images to open: eval = decode val/test, header of train (default); full = decode all")
-    prep.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE",
+    prep.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                       help="reader settings, e.g. data.train_frames_per_shot=0")
     prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=cmd_data_prepare)
@@ -145,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("-n", type=int, default=16, help="number of frames")
     show.add_argument("--out", help="PNG path (default: <name>-<split>.png)")
     show.add_argument("--root", help="for a real dataset: its folder (data.root)")
-    show.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, metavar="KEY=VALUE")
+    show.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE")
     show.set_defaults(func=cmd_data_show)
 
     lb = sub.add_parser("leaderboard", help="the papers' tables with your runs inserted; or the run root's "

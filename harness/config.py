@@ -231,15 +231,28 @@ def _lookup(config: Mapping, dotted: str) -> Any:
     return node
 
 
+# Settings whose default is a value but that take None too (by the last part of the key):
+# classifier.feature_index=None means "the encoder's last stage".
+_NULLABLE = {"feature_index"}
+
+
 def _check_type(key: str, current: Any, value: Any) -> None:
-    if current is None or value is None:
-        return  # None means "unset / optional": any value is accepted
+    if current is None:
+        return  # an unset, optional setting: any value is accepted
+    if value is None:
+        if key.rsplit(".", 1)[-1] in _NULLABLE:
+            return
+        raise HarnessError(f"config key {key!r} cannot be None: it expects {type(current).__name__} "
+                           f"(default {current!r})")
     if isinstance(current, bool) or isinstance(value, bool):
         ok = isinstance(current, bool) and isinstance(value, bool)
     elif isinstance(current, float):
         ok = isinstance(value, (int, float))
     elif isinstance(current, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
+        # a list of numbers (IoU levels, ...) stays a list of numbers
+        numbers = current and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in current)
+        ok = isinstance(value, (list, tuple)) and (not numbers or all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
     elif isinstance(current, Mapping):
         ok = isinstance(value, Mapping)
     else:
@@ -255,11 +268,82 @@ def dump_text(config: Config) -> str:
     return config.pretty_text
 
 
+def read_literal_config(path: str | Path) -> dict:
+    """A config ``.py`` file that holds data only, read without running it: ``key = value``
+    lines whose values are literals, ``dict(...)``, lists and tuples (what the harness writes
+    as a run's ``config.py``). Anything else is refused, so a crafted run directory cannot run
+    code on ``harness eval``, ``run --resume`` or ``report``."""
+    import ast
+
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError, RecursionError) as exc:
+        raise HarnessError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+
+    def value(node):
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [value(e) for e in node.elts]
+            return items if isinstance(node, ast.List) else tuple(items)
+        if isinstance(node, ast.Dict) and None not in node.keys:
+            return {value(k): value(v) for k, v in zip(node.keys, node.values)}
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                and isinstance(node.operand, ast.Constant) and isinstance(node.operand.value, (int, float)):
+            return -node.operand.value if isinstance(node.op, ast.USub) else node.operand.value
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" \
+                and len(node.args) <= 1 and all(k.arg is not None for k in node.keywords):
+            out = dict(value(node.args[0])) if node.args else {}
+            out.update({k.arg: value(k.value) for k in node.keywords})
+            return out
+        raise HarnessError(f"{path}:{getattr(node, 'lineno', '?')}: {type(node).__name__} is not data; a run's "
+                           f"config.py holds literal values only (it is read, never executed)")
+
+    out = {}
+    try:
+        for stmt in tree.body:
+            if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+                raise HarnessError(f"{path}:{stmt.lineno}: only `name = value` lines are allowed in a run's config.py "
+                                   f"(it is read, never executed)")
+            out[stmt.targets[0].id] = value(stmt.value)
+    except (RecursionError, TypeError) as exc:  # absurd nesting, an unhashable key
+        raise HarnessError(f"{path} is not a run config: {type(exc).__name__}: {exc}") from exc
+    return out
+
+
+# What every run config must have, beyond the keys of the base sections.
+_RUN_KEYS = {"method": "name", "data": "name", "protocol": "name"}
+
+
 def load_run_config(run_dir: str | Path) -> Config:
+    """A run directory's ``config.py``, read as data and checked against the harness schema."""
     path = Path(run_dir) / "config.py"
     if not path.is_file():
         raise HarnessError(
             f"{run_dir} is not a run directory (no config.py in it); pass the directory "
             f"printed by `harness run`"
         )
-    return Config(read_file(path))
+    data = read_literal_config(path)
+    base = read_file(BASE_CONFIG)
+    for section, key in _RUN_KEYS.items():
+        if not isinstance(data.get(section), dict) or not isinstance(data[section].get(key), str):
+            raise HarnessError(f"{path} is not a run config: no {section}.{key}")
+    for name, default in base.items():
+        if name == "annotators":
+            continue  # a run from before annotators had settings in the config
+        if name not in data:
+            raise HarnessError(f"{path} is not a complete run config: no {name!r}")
+        if isinstance(default, Mapping):
+            if not isinstance(data[name], Mapping):
+                raise HarnessError(f"{path}: {name} is a {type(data[name]).__name__}, not a section")
+            if name != "classifier":  # a method without a classifier stage may leave it as it is
+                lost = [k for k in default if k not in data[name]]
+                if lost:
+                    raise HarnessError(f"{path} is not a complete run config: no {name}.{lost[0]}")
+    try:
+        check_layer(base, {k: v for k, v in data.items() if k != "annotators"}, "the run config")
+        check_values(data)
+    except HarnessError as exc:
+        raise HarnessError(f"{path}: {exc}") from exc
+    return Config(data)

@@ -12,6 +12,7 @@ only under it) if they exist, else from the checkpoint (inference only).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,7 @@ from harness.evaluation import BoxAccumulator, MaskAccumulator, corloc_at, selec
 from harness.inference import accumulate, evaluate_split, saved_maps
 from harness.method import Method
 
+log = logging.getLogger("harness")
 
 SAVE_MAPS = ("none", "selected", "all")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -136,8 +138,13 @@ class EvalStore:
         split = self.dataset.split(split_name)
         maps = self.maps_path(split_name, epoch)
         if self.maps_ok and maps.is_file():
-            self.computed.append((split_name, epoch, "saved maps"))
-            return accumulate(saved_maps(maps, split), split, self.dataset.num_classes, self.cfg, targets=targets)
+            try:
+                saved = saved_maps(maps, split)
+            except HarnessError as exc:
+                log.warning("%s; computing them again from the checkpoint", exc)
+            else:
+                self.computed.append((split_name, epoch, "saved maps"))
+                return accumulate(saved, split, self.dataset.num_classes, self.cfg, targets=targets)
         method = self.method
         if not current:
             last = len(method.stages) - 1
@@ -177,9 +184,11 @@ def _read(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        rec = io.read_json(path, "evaluation record")
+    except HarnessError:
         return None  # a damaged cache entry is recomputed, never trusted
+    ok = isinstance(rec, dict) and isinstance(rec.get("boxes"), dict) and isinstance(rec.get("targets", {}), dict)
+    return rec if ok else None
 
 
 def split_metrics(record: dict, tau_index: np.ndarray | None, iou: float, target: str = "gt") -> dict:

@@ -129,10 +129,20 @@ def logits_path(maps_path: Path) -> Path:
 
 
 def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Maps (and class scores) written by :func:`accumulate`, as its input again."""
-    maps = np.load(path, mmap_mode="r")
-    scores = np.load(logits_path(path)) if logits_path(path).is_file() else None
+    """Maps (and class scores) written by :func:`accumulate`, as its input again. The files are
+    checked here, before anything is yielded: a file that is not what the harness wrote
+    (damaged, truncated, another array, pickled objects) is a :class:`HarnessError` naming it,
+    and callers then compute the maps again from the checkpoint."""
+    try:
+        maps = np.load(path, mmap_mode="r", allow_pickle=False)
+        scores = np.load(logits_path(path), allow_pickle=False) if logits_path(path).is_file() else None
+    except (OSError, ValueError, EOFError) as exc:
+        raise HarnessError(f"saved maps {path} cannot be read ({type(exc).__name__}: {exc})") from exc
     indices = evaluated_frames(split)
+    if maps.dtype != np.float32 or maps.ndim != 3 or (scores is not None and (
+            scores.ndim != 2 or scores.shape[0] != maps.shape[0] or not np.issubdtype(scores.dtype, np.floating))):
+        raise HarnessError(f"saved maps {path} are not maps the harness wrote ({maps.dtype} {maps.shape}"
+                           + (f", scores {scores.dtype} {scores.shape}" if scores is not None else "") + ")")
     if maps.shape[0] != len(indices):
         raise HarnessError(
             f"{path} holds {maps.shape[0]} maps but split {split.name!r} has {len(indices)} evaluated "
@@ -144,8 +154,7 @@ def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.n
             f"{path} holds {maps.shape[1]}x{maps.shape[2]} maps but frame {split.frames[indices[0]].id!r} "
             f"is {image_hw[0]}x{image_hw[1]}: maps must have the frame's size"
         )
-    for n, i in enumerate(indices):
-        yield i, np.asarray(maps[n]), (None if scores is None else scores[n])
+    return ((i, np.asarray(maps[n]), None if scores is None else scores[n]) for n, i in enumerate(indices))
 
 
 class _MapWriter:

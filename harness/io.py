@@ -109,6 +109,17 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         raise write_error(path, exc) from exc
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The JSON value in ``path``, or a :class:`HarnessError` naming the file and why it cannot
+    be read (missing, not UTF-8, not JSON, nested past what the parser takes)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HarnessError(f"{path} does not exist") from None
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HarnessError(f"{path} is not a readable {what} ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import logging
 import platform
 import subprocess
@@ -155,12 +154,7 @@ def read_record(path: str | Path) -> dict:
     """The result record at ``path``, or a :class:`HarnessError` naming the file and what is
     wrong with it."""
     path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HarnessError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"{path} is not a readable result record ({type(exc).__name__}: {exc})") from exc
+    record = io.read_json(path, "result record")
     problems = record_problems(record)
     if problems:
         more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""

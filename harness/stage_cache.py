@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from harness import io
+from harness.errors import HarnessError
 from harness.paths import harness_home
 
 log = logging.getLogger("harness")
@@ -41,8 +42,11 @@ def fetch(stage_name: str, key: str, stage_index: int, epochs: int, ckpts) -> bo
     """Link a complete cached stage into the run's checkpoints; False when there is none."""
     src = entry_dir(stage_name, key)
     try:
-        meta = json.loads((src / "complete.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = io.read_json(src / "complete.json", "stage-cache entry")
+    except HarnessError:
+        return False
+    if not isinstance(meta, dict):
+        log.warning("stage cache %s is damaged; training the stage again", src)
         return False
     files = [src / f"epoch{e:03d}.pt" for e in range(1, epochs + 1)]
     if meta.get("epochs") != epochs or not all(f.is_file() for f in files):

@@ -242,9 +242,9 @@ def _trial_record(path: Path) -> dict:
 
 def _load(path: Path, what: str):
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"{path} (the sweep's {what}) cannot be read: {exc}; is this a sweep directory?") from exc
+        return io.read_json(path, f"sweep {what}")
+    except HarnessError as exc:
+        raise HarnessError(f"{exc}; is this a sweep directory?") from exc
 
 
 def select_configuration(records: list[dict]) -> int:

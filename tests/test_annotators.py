@@ -273,3 +273,10 @@ def test_missing_rpn_weights_fail_before_any_training(dataset, tmp_path, monkeyp
     with pytest.raises(HarnessError, match="annotators.rpn.checkpoint"):
         pseudo_boxes("rpn", None, dataset, "val", progress=False)
     assert trained == []
+
+
+def test_file_annotator_names_json_nested_past_the_parser(dataset, tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(HarnessError, match=r"deep.json is not valid JSON: RecursionError"):
+        pseudo_boxes("file", {"path": str(path), "format": "json"}, dataset, "val", progress=False)

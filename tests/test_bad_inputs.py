@@ -68,6 +68,12 @@ CASES = {
     "run on a TPU": (["run", "--plugin", "cam", "--device", "tpu"], "not a torch device"),
     "run on CUDA without CUDA": (["run", "--plugin", "cam", "--device", "cuda:7"], "CUDA is not available"),
     "run a reserved key": (["run", "--plugin", "cam", "--cfg-options", "method.name=x"], "--plugin flag"),
+    "run lr None": (["run", "--plugin", "cam", "--cfg-options", "classifier.lr=None"], "cannot be None"),
+    "run workers None": (["run", "--plugin", "cam", "--cfg-options", "loader.num_workers=None"], "cannot be None"),
+    "run a section None": (["run", "--plugin", "cam", "--cfg-options", "eval=None"], "'eval' cannot be None"),
+    "run device None": (["run", "--plugin", "cam", "--cfg-options", "device=None"], "cannot be None"),
+    "run a word among IoU levels": (["run", "--plugin", "cam", "--cfg-options", "eval.iou_thresholds=[0.5,abc]"],
+                                    "eval.iou_thresholds' expects list"),
     "run a swapped source's foreign option": (["run", "--plugin", "cam", "--cfg-options",
                                                "method.cam_source=scorecam", "method.options.n=3"],
                                               "method.options.n"),
@@ -142,3 +148,19 @@ def test_bad_input_is_one_named_error(case, files, tmp_path, monkeypatch, capsys
     assert not (tmp_path / "runs").exists()  # nothing was created for a refused command
     home = tmp_path / "home"
     assert not home.exists() or not list(home.glob("*synth*"))  # no data was generated either
+
+
+def test_a_malformed_key_value_pair_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["run", "--plugin", "cam", "--cfg-options", "classifier.epochs"])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "--cfg-options takes KEY=VALUE pairs" in err and "'classifier.epochs' has no '='" in err
+    assert "Traceback" not in err
+
+
+def test_none_is_taken_where_it_means_something():
+    from harness import runner
+
+    cfg = runner.compose("cam", "gt-val", "synth-yto", {"classifier.feature_index": None, "classifier.pretrained": None})
+    assert cfg.classifier.feature_index is None  # the encoder's last stage

@@ -109,3 +109,68 @@ def test_eval_under_a_pseudo_box_protocol_reuses_the_run_classifier(tmp_path, mo
     [annotator_ckpt] = (tmp_path / "home").rglob("cam-pg*/**/0-classifier-epoch002.pt")
     assert annotator_ckpt.stat().st_ino == (run_dir / "checkpoints" / "0-classifier-epoch002.pt").stat().st_ino
     assert record["pseudo_boxes"]["cam-pg"]["quality"]["val"]["mean_iou"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["pickled", "truncated", "objects", "wrong shape"])
+def test_damaged_saved_maps_are_computed_again_from_the_checkpoint(finished, tmp_path, damage, capsys):
+    import shutil
+
+    import numpy as np
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    for p in (run_dir / "evals").rglob("*.json"):  # so that the maps must be read
+        p.unlink()
+    maps = run_dir / "maps" / "val-epoch001.npy"
+    good = np.load(maps)
+    if damage == "pickled":
+        np.save(maps, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif damage == "truncated":
+        maps.write_bytes(maps.read_bytes()[:100])
+    elif damage == "objects":
+        np.save(maps, np.array([None] * len(good), dtype=object), allow_pickle=True)
+    else:
+        np.save(maps, good[:, :4, :4])
+    assert main(["eval", "--run", str(run_dir), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "computing them again from the checkpoint" in out + err and "Traceback" not in out + err
+    own = json.loads((finished / "result.json").read_text())
+    again = json.loads((run_dir / "evaluations" / "gt-val.json").read_text())
+    assert again["metrics"] == own["metrics"]
+
+
+def test_a_run_config_is_read_as_data_never_run(finished, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    marker = tmp_path / "pwned"
+    text = (run_dir / "config.py").read_text()
+    (run_dir / "config.py").write_text(f"import os\nos.system('touch {marker}')\n" + text)
+    for argv in (["eval", "--run", str(run_dir)], ["run", "--resume", str(run_dir)]):
+        assert main(argv + ["--no-progress"]) == 2
+        assert "only `name = value` lines are allowed" in capsys.readouterr().err
+    assert main(["report", "--run", str(run_dir), "--no-progress"]) == 0  # reads the result's config, not the file
+    (run_dir / "config.py").write_text(text.replace("seed = 0", f"seed = __import__('os').system('touch {marker}')"))
+    assert main(["eval", "--run", str(run_dir), "--no-progress"]) == 2
+    assert "Call is not data" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("eval = dict(", "evaluation = dict("), "no 'eval'"),
+    (lambda t: t.replace("threshold_step=0.01", "threshold_stp=0.01"), "no eval.threshold_step"),
+    (lambda t: t.replace("threshold_step=0.01", "threshold_step='fine'"), "eval.threshold_step' expects float"),
+    (lambda t: t.replace("epochs=2", "epochs=-2", 1), "out of range"),
+    (lambda t: "\x00\xff" + t, "cannot be read"),
+])
+def test_a_damaged_run_config_is_named(finished, tmp_path, edit, message, capsys):
+    import shutil
+
+    run_dir = tmp_path / finished.name
+    shutil.copytree(finished, run_dir)
+    (run_dir / "config.py").write_text(edit((run_dir / "config.py").read_text()))
+    assert main(["eval", "--run", str(run_dir), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "config.py" in err and "Traceback" not in err

@@ -168,10 +168,10 @@ def _read_cached(path: Path, frame_ids: list[str]) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = io.read_json(path, "pseudo-box cache")
         boxes = {k: [tuple(b) for b in v] for k, v in data["boxes"].items()}
         quality = data["quality"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (HarnessError, ValueError, KeyError, TypeError, AttributeError):
         log.warning("pseudo-box cache %s is unreadable; annotating again", path)
         return None
     if sorted(boxes) != sorted(frame_ids):

@@ -69,8 +69,8 @@ def _read_text(path: Path) -> str:
 def _read_json(path: Path, text: str) -> dict:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HarnessError(f"{path} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise HarnessError(f"{path} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
     if not isinstance(data, dict):
         raise HarnessError(f"{path}: expected an object {{frame_id: [[x0, y0, x1, y1], ...]}}")
     out = {}

@@ -5,6 +5,7 @@ selected checkpoint, run on the drawn frames only.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -17,7 +18,9 @@ from harness.evaluation import boxes_at_thresholds, iou_matrix, otsu_boxes
 from harness.inference import _Subset, evaluated_frames, iterate_maps, saved_maps
 from harness.registry import registry
 from harness.report.rundir import Run
-from harness.runner import Checkpoints, resolve_device
+from harness.runner import Checkpoints, build_method, resolve_device
+
+log = logging.getLogger("harness")
 
 
 @dataclass(frozen=True)
@@ -101,10 +104,15 @@ def _maps(run: Run, cfg, dataset, split: Split, positions: list[int], device,
     """(position, map) of the chosen evaluated frames, in the order of ``positions``."""
     saved = run.dir / "maps" / f"{split.name}-epoch{run.epoch:03d}.npy"
     if saved.is_file():
-        wanted = set(positions)
-        found = {n: np.array(m) for n, (_, m, _) in enumerate(saved_maps(saved, split)) if n in wanted}
-        yield from ((p, found[p]) for p in positions)
-        return
+        try:
+            maps = saved_maps(saved, split)
+        except HarnessError as exc:
+            log.warning("%s; the report computes them again from the checkpoint", exc)
+        else:
+            wanted = set(positions)
+            found = {n: np.array(m) for n, (_, m, _) in enumerate(maps) if n in wanted}
+            yield from ((p, found[p]) for p in positions)
+            return
     evaluated = evaluated_frames(split)
     subset = _Subset(split, [evaluated[p] for p in positions])
     method, dev = _selected_method(run, cfg, dataset, saved, device)
@@ -123,6 +131,6 @@ def _selected_method(run: Run, cfg, dataset, saved, device):
             f"{run.epoch} in {ckpts.dir}: the frames' maps cannot be computed"
         )
     dev = resolve_device(device or "auto")
-    method = registry().get("method", cfg.method.name).factory(cfg, dataset.num_classes).to(dev)
+    method = build_method(cfg, dataset.num_classes).to(dev)
     method.load_state_dict(ckpts.load(last, ckpts.stage_name(last), run.epoch)["method"])
     return method, dev

@@ -2,12 +2,12 @@
 evaluation records it was selected from."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from harness import io
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator
 from harness.leaderboard.runs import evaluations
@@ -72,8 +72,8 @@ class Run:
 
     def _read_eval(self, path: Path) -> dict | None:
         try:
-            rec = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            rec = io.read_json(path, "evaluation record")
+        except HarnessError:
             return None
         if not isinstance(rec, dict):
             return None
