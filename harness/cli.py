@@ -77,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate a method under a protocol")
     run.add_argument("--plugin", help="method plugin (see `harness list`)")
-    run.add_argument("--protocol", default="gt-val", help="protocol preset name or a protocol config file")
-    run.add_argument("--dataset", default="synth-yto", help="dataset (default: synth-yto)")
+    run.add_argument("--protocol", help="protocol preset name or a protocol config file (default: gt-val)")
+    run.add_argument("--dataset", help="dataset (default: synth-yto)")
     run.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
                      help="override config keys, e.g. classifier.epochs=3 eval.multi_contour=True")
     run.add_argument("--config", action="append", default=[], metavar="FILE",
@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train a grid (or random search) of configurations, select one by the protocol")
     sw.add_argument("--plugin", help="method plugin (see `harness list`)")
-    sw.add_argument("--protocol", default="realistic", help="protocol preset or file (default: realistic)")
-    sw.add_argument("--dataset", default="synth-yto")
+    sw.add_argument("--protocol", help="protocol preset or file (default: realistic)")
+    sw.add_argument("--dataset", help="dataset (default: synth-yto)")
     sw.add_argument("--grid", nargs="+", action=_KeyValues, default={}, metavar="KEY=V1,V2",
                     help="values to try, Cartesian product, e.g. classifier.lr=0.01,0.05 classifier.epochs=5,10")
     sw.add_argument("--space", nargs="+", action=_KeyValues, default={}, metavar="KEY=DIST",
@@ -198,16 +198,17 @@ def cmd_run(args) -> int:
     from harness import results, runner
 
     if args.resume:
-        if args.plugin:
-            raise HarnessError("--resume continues a run with its saved config; drop --plugin")
+        _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--cfg-options", "--config", "--device",
+                            "--run-root", what="a run continues with its saved config")
         run_dir = Path(args.resume)
         if not (run_dir / "config.py").is_file():
             raise HarnessError(f"--resume {run_dir}: not a run directory (no config.py)")
     else:
         if not args.plugin:
             raise HarnessError("--plugin is required (see `harness list` for the methods)")
-        run_dir = runner.prepare(args.plugin, args.protocol, args.dataset, args.cfg_options, args.run_root,
-                                 args.device, args.config, progress=not args.no_progress)
+        run_dir = runner.prepare(args.plugin, args.protocol or "gt-val", args.dataset or "synth-yto",
+                                 args.cfg_options, args.run_root, args.device, args.config,
+                                 progress=not args.no_progress)
     args._run_dir = run_dir
     print(f"run directory: {run_dir}", file=sys.stderr)
     record = runner.execute(run_dir, progress=not args.no_progress)
@@ -217,6 +218,13 @@ def cmd_run(args) -> int:
         print(f"report: {run_dir / 'report.html'}")
     _print_fitting_tables(run_dir)
     return 0
+
+
+def _refuse_with_resume(args, *flags: str, what: str) -> None:
+    """Flags that would change what is resumed are refused, not silently ignored."""
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) not in (None, [], {}, False)]
+    if given:
+        raise HarnessError(f"--resume: {what}; drop {', '.join(given)}")
 
 
 def _print_fitting_tables(run_dir: Path) -> None:
@@ -243,6 +251,8 @@ def cmd_eval(args) -> int:
     from harness import io, results, runner
     from harness.registry import registry
 
+    if args.annotators and args.protocol != "grid":
+        raise HarnessError("--annotators picks the columns of --protocol grid; add --protocol grid, or drop it")
     run_dir = Path(args.run)
     if not (run_dir / "config.py").is_file():
         raise HarnessError(f"--run {run_dir}: not a run directory (no config.py)")
@@ -280,6 +290,11 @@ def cmd_sweep(args) -> int:
     from harness import sweep
 
     if args.resume:
+        _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--grid", "--space", "--trials",
+                            "--cfg-options", "--config", "--run-root", what="a sweep continues with its saved "
+                            "specification")
+        if args.seed != 0:
+            raise HarnessError("--resume: a sweep continues with its saved specification; drop --seed")
         sweep_dir = Path(args.resume)
         if not (sweep_dir / sweep.SPEC_FILE).is_file():
             raise HarnessError(f"--resume {sweep_dir}: not a sweep directory (no {sweep.SPEC_FILE})")
@@ -287,9 +302,9 @@ def cmd_sweep(args) -> int:
         if not args.plugin:
             raise HarnessError("--plugin is required (see `harness list` for the methods)")
         grid = {k: (v if isinstance(v, list) else [v]) for k, v in args.grid.items()}
-        spec = sweep.SweepSpec(args.plugin, args.protocol, args.dataset, grid, dict(args.space), args.trials,
-                               args.seed, dict(args.cfg_options), list(args.config))
-        sweep_dir = sweep.create(spec, args.run_root)
+        spec = sweep.SweepSpec(args.plugin, args.protocol or "realistic", args.dataset or "synth-yto", grid,
+                               dict(args.space), args.trials, args.seed, dict(args.cfg_options), list(args.config))
+        sweep_dir = sweep.create(spec, args.run_root, progress=not args.no_progress)
         print(f"sweep directory: {sweep_dir}")
     args._run_dir = sweep_dir
     record = sweep.execute(sweep_dir, progress=not args.no_progress)
@@ -305,7 +320,7 @@ def cmd_annotate(args) -> int:
     from harness import config as config_mod
     from harness.annotators.base import pseudo_boxes
     from harness.registry import registry
-    from harness.runner import annotator_defaults, resolve_device
+    from harness.runner import annotator_defaults, build_dataset, resolve_device
 
     entry = registry().get("annotator", args.annotator)
     dataset_entry = registry().get("dataset", args.dataset)
@@ -314,7 +329,7 @@ def cmd_annotate(args) -> int:
     if bad:
         raise HarnessError(f"harness annotate takes annotators.* and data.* options only; got {', '.join(bad)}")
     config_mod.apply_overrides(cfg, args.cfg_options)
-    dataset = dataset_entry.factory(cfg.data, progress=not args.no_progress)
+    dataset = build_dataset(cfg.data, progress=not args.no_progress)
     pb = pseudo_boxes(entry.name, cfg.annotators[entry.name].to_dict(), dataset, args.split,
                       resolve_device(args.device), not args.no_progress)
     q = pb.quality
@@ -355,9 +370,10 @@ def _dataset_config(name: str, overrides: dict) -> tuple[object, Config]:
 
 def cmd_data_synth(args) -> int:
     from harness.data.synth import summary
+    from harness.runner import build_dataset
 
-    entry, cfg = _dataset_config(args.name, args.cfg_options)
-    ds = entry.factory(cfg.data)
+    _, cfg = _dataset_config(args.name, args.cfg_options)
+    ds = build_dataset(cfg.data)
     print(summary(ds))
     print(f"\nidentity {ds.identity}; cached in {ds.info.get('root', '?')}")
     return 0
@@ -366,12 +382,13 @@ def cmd_data_synth(args) -> int:
 def cmd_data_prepare(args) -> int:
     from harness.data.prepare import prepare
     from harness.data.synth import summary
+    from harness.runner import build_dataset
 
     overrides = {**args.cfg_options, **({"data.root": args.root} if args.root else {})}
     entry, cfg = _dataset_config(args.name, overrides)
     reader = getattr(entry.factory, "reader", None)
     if reader is None:  # a synthetic or third-party dataset: building it is its check
-        ds = entry.factory(cfg.data, progress=not args.no_progress)
+        ds = build_dataset(cfg.data, progress=not args.no_progress)
         print(summary(ds) if args.name.startswith("synth-") else f"{ds.name}: {ds.identity}")
         return 0
     print(prepare(reader(), cfg.data.to_dict(), args.check, progress=not args.no_progress))
@@ -380,10 +397,11 @@ def cmd_data_prepare(args) -> int:
 
 def cmd_data_show(args) -> int:
     from harness.data.show import save_grid
+    from harness.runner import build_dataset
 
     overrides = {**args.cfg_options, **({"data.root": args.root} if args.root else {})}
-    entry, cfg = _dataset_config(args.name, overrides)
-    ds = entry.factory(cfg.data)
+    _, cfg = _dataset_config(args.name, overrides)
+    ds = build_dataset(cfg.data)
     out = Path(args.out or f"{args.name}-{args.split}.png")
     ds.split(args.split)  # a clear error for an unknown split before drawing
     save_grid(ds, args.split, out, n=args.n)
@@ -394,6 +412,12 @@ def cmd_data_show(args) -> int:
 def cmd_leaderboard(args) -> int:
     from harness.leaderboard import commands
 
+    modes = [f for f, on in (("--list", args.list), ("--check", args.check), ("--match", args.match),
+                             ("--table", bool(args.table))) if on]
+    if len(modes) > 1:
+        raise HarnessError(f"{' and '.join(modes)} are different commands: give one of them")
+    if (args.list or args.check) and args.runs:
+        raise HarnessError(f"{modes[0]} takes no --runs (they go with --table ID or --match)")
     if args.list:
         print(commands.list_tables())
         return 0
@@ -451,6 +475,7 @@ def cmd_report(args) -> int:
     dirs = run_dirs(args.runs) if args.runs else []
     if not dirs:
         raise HarnessError("--index needs --runs DIR ... (run directories or run roots)")
+    created = commands.missing_folder(args.index)  # before the work of rendering every run's report
     ids = args.tables or fitting_tables([load_record(d) for d in dirs])
     tables, skipped = [], []
     for n, table_id in enumerate(ids):
@@ -460,7 +485,6 @@ def cmd_report(args) -> int:
         tables.append((out.table.title, style + render.html_fragment(out)))
     for why in skipped:
         print(f"harness: left out {why}", file=sys.stderr)
-    created = commands.missing_folder(args.index)
     page = write_index(args.index, dirs, tables, progress, args.frames)
     print(f"{commands.wrote(page, created)} ({len(dirs)} runs, {len(tables)} tables)")
     return 0

@@ -6,6 +6,7 @@ carry a value of the same type, otherwise the error names the key and the valid 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,8 +41,9 @@ def read_file(path: str | Path) -> dict:
                 raise ValueError(f"the file holds a {type(data).__name__}, not a mapping of sections")
             return data
         return Config.fromfile(str(path)).to_dict()
-    except Exception as exc:
-        raise HarnessError(f"cannot read config file {path}: {type(exc).__name__}: {exc}") from exc
+    except (Exception, SystemExit) as exc:  # a .py config is a program: it may raise, or exit
+        why = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise HarnessError(f"cannot read config file {path}: {' '.join(why.split())}") from exc
 
 
 Layer = "str | Path | Mapping[str, Any] | None"
@@ -180,12 +182,12 @@ def apply_file(config: Config, path: str | Path) -> None:
 # annotators.cam-pg.classifier.lr, ...): checked when the config is composed, so a bad value
 # fails before any data is generated or any epoch trained. (test, what it must be)
 _RANGES: dict[str, tuple[Any, str]] = {
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "eval_batch_size": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "num_workers": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "lr": (lambda v: 0 < v <= 100, "a number in (0, 100]"),
+    "epochs": (lambda v: isinstance(v, int) and 1 <= v <= 100_000, "a whole number >= 1"),
+    "batch_size": (lambda v: isinstance(v, int) and 1 <= v <= 65_536, "a whole number in [1, 65536]"),
+    "eval_batch_size": (lambda v: isinstance(v, int) and 1 <= v <= 65_536, "a whole number in [1, 65536]"),
+    "num_workers": (lambda v: isinstance(v, int) and 0 <= v <= 64, "a whole number in [0, 64]"),
+    "weight_decay": (lambda v: 0 <= v <= 100, "a number in [0, 100]"),
     "momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "lr_decay": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "lr_decay_epochs": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
@@ -197,6 +199,8 @@ def check_values(config: Config | Mapping) -> None:
     """Range checks of the known numeric settings (see ``_RANGES``); None means unset."""
     flat = flatten(config.to_dict() if hasattr(config, "to_dict") else config)
     for dotted, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise HarnessError(f"config key {dotted!r} = {value!r}: give a finite number")
         rule = _RANGES.get(dotted.rsplit(".", 1)[-1])
         if rule is None or value is None or isinstance(value, (Mapping, list, tuple, str)):
             continue

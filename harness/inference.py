@@ -19,7 +19,7 @@ from harness.data.base import Split
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator, MaskAccumulator, threshold_list
-from harness.method import Method
+from harness.method import Method, checked_prediction
 
 
 def normalized_maps(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
@@ -49,7 +49,7 @@ def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = Tru
         images = batch["image"].to(device)
         labels = batch["label"].to(device)
         with torch.no_grad():
-            pred = method.predict(images, labels)
+            pred = checked_prediction(method, images, labels, f"method {cfg.method.name!r}")
         bad = ~torch.isfinite(pred.maps).flatten(1).all(1)
         if bad.any():
             first = subset.frames[int(batch["index"][bad.nonzero()[0, 0]])].id

@@ -120,6 +120,31 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise HarnessError(f"{path} is not a readable {what} ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
+def load_tensors(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain data only, never code. A file
+    that is damaged, or holds other Python objects, is a one-line :class:`HarnessError`
+    naming it (not PyTorch's advice to load it unsafely)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except FileNotFoundError:
+        raise HarnessError(f"{what} {path} does not exist") from None
+    except Exception as exc:
+        text = str(exc)
+        detail = " ".join(text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].split())
+        if isinstance(exc, pickle.UnpicklingError) and "Unsupported global" in detail:
+            why = (f"it holds Python objects besides tensors and plain data ({detail[:120]}), and such a file is "
+                   f"refused, never run")
+        elif isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+            why = f"not a file torch.save wrote ({detail[:120]})"
+        else:
+            why = f"{type(exc).__name__}: {' '.join(str(exc).splitlines()[0].split())[:200] if str(exc) else ''}"
+        raise HarnessError(f"{what} {path} cannot be read ({why})") from exc
+
+
 def _json_default(o: Any) -> Any:
     import numpy as np
 

@@ -107,3 +107,58 @@ class Method(ABC):
         for name, module in self.modules().items():
             if name in state or strict:
                 module.load_state_dict(state[name])
+
+
+# ----------------------------------------------------------------------------- the contract, checked
+
+
+def checked_optimizer(stage: Stage, who: str):
+    """``stage.optimizer()`` as the runner needs it: ``(optimizer, scheduler or None)``."""
+    from harness.errors import HarnessError, plugin_code
+
+    with plugin_code(who, f"stage {stage.name!r} optimizer()"):
+        out = stage.optimizer()
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.optim.Optimizer)
+            and (out[1] is None or hasattr(out[1], "step") and hasattr(out[1], "state_dict"))):
+        raise HarnessError(f"{who}: stage {stage.name!r} optimizer() returned {type(out).__name__}; it returns "
+                           f"(torch.optim.Optimizer, per-epoch scheduler or None)")
+    return out
+
+
+def checked_loss(stage: Stage, batch: dict, who: str) -> tuple[torch.Tensor, dict]:
+    """``stage.loss(batch)`` as the runner needs it: ``(scalar tensor with a graph, dict of
+    floats)``."""
+    from harness.errors import HarnessError, plugin_code
+
+    with plugin_code(who, f"stage {stage.name!r} loss()"):
+        out = stage.loss(batch)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and out[0].numel() == 1
+            and isinstance(out[1], dict)):
+        raise HarnessError(f"{who}: stage {stage.name!r} loss() returned {type(out).__name__}; it returns "
+                           f"(loss, scalars): a one-element tensor and a dict of floats to log, e.g. (loss, {{}})")
+    loss, scalars = out
+    if not loss.requires_grad:
+        raise HarnessError(f"{who}: stage {stage.name!r} loss() returned a tensor without a gradient: it must be "
+                           f"computed from the stage's trainable parameters")
+    bad = [k for k, v in scalars.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if bad:
+        raise HarnessError(f"{who}: stage {stage.name!r} loss() logs {bad[0]!r} as {type(scalars[bad[0]]).__name__}; "
+                           f"the scalars to log are plain floats (e.g. value.item())")
+    return loss.reshape(()), scalars
+
+
+def checked_prediction(method: Method, images: torch.Tensor, classes: torch.Tensor, who: str) -> Prediction:
+    """``method.predict(...)`` as the evaluation needs it: maps (B, h, w), logits (B, C)."""
+    from harness.errors import HarnessError, plugin_code
+
+    with plugin_code(who, "predict()"):
+        pred = method.predict(images, classes)
+    b = images.shape[0]
+    if not (isinstance(pred, Prediction) and isinstance(pred.maps, torch.Tensor)
+            and isinstance(pred.logits, torch.Tensor)):
+        raise HarnessError(f"{who}: predict() returned {type(pred).__name__}; it returns "
+                           f"harness.method.Prediction(maps=(B, h, w) tensor, logits=(B, C) tensor)")
+    if pred.maps.dim() != 3 or pred.maps.shape[0] != b or pred.logits.dim() != 2 or pred.logits.shape[0] != b:
+        raise HarnessError(f"{who}: predict() returned maps {tuple(pred.maps.shape)} and logits "
+                           f"{tuple(pred.logits.shape)} for {b} images; expected maps (B, h, w) and logits (B, C)")
+    return pred

@@ -46,9 +46,12 @@ class Lazy:
             import importlib
 
             module, _, attr = self.target.partition(":")
-            obj = importlib.import_module(module)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            try:
+                obj = importlib.import_module(module)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except (Exception, SystemExit) as exc:  # the plugin's module is broken, not the harness
+                raise HarnessError(f"lazy({self.target!r}) cannot be imported: {_short_error(exc)}") from exc
             self._obj = obj
         return self._obj
 
@@ -96,6 +99,9 @@ class Entry:
         except Exception as exc:  # a plugin's config function may raise anything
             raise HarnessError(f"{self.kind} {self.name!r} ({self.distribution}): its config function failed: "
                                f"{type(exc).__name__}: {exc}") from exc
+        if config is not None and not isinstance(config, (str, Path, Mapping)):
+            raise HarnessError(f"{self.kind} {self.name!r} ({self.distribution}): its config is a "
+                               f"{type(config).__name__}, not a file or a dict of sections")
         layer = layer_dict(config)
         if not isinstance(layer, dict):
             raise HarnessError(f"{self.kind} {self.name!r} ({self.distribution}): its config is a "
@@ -228,7 +234,7 @@ def build_registry(plugins: Iterable[tuple[str, str, object]] = ()) -> Registry:
         dist = _distribution_of(ep)
         try:
             loaded.append((ep.name, dist, ep.load()))
-        except Exception as exc:  # a broken third-party plugin must not take the CLI down
+        except (Exception, SystemExit) as exc:  # a broken third-party plugin must not take the CLI down
             registry.failures.append(PluginFailure(ep.name, dist, _short_error(exc)))
     for name, dist, obj in [*loaded, *plugins]:
         try:
@@ -246,7 +252,7 @@ def build_registry(plugins: Iterable[tuple[str, str, object]] = ()) -> Registry:
             who = dists.get(name, "?")
             try:
                 produced = impl.function()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 registry.failures.append(PluginFailure(name, who, f"{hook_name}: {_short_error(exc)}"))
                 continue
             if produced is None:
@@ -299,7 +305,8 @@ def _check_hook_names(pm: pluggy.PluginManager, dists: dict[str, str], registry:
 def _short_error(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {Path(last[0].filename).name}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    text = f"called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) + where
 
 
 @functools.lru_cache(maxsize=1)

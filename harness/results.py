@@ -109,8 +109,12 @@ def record_problems(record) -> list[str]:
 
     protocol = need(record, "protocol", dict, "", "an object")
     if protocol is not None:
-        for key in ("name", "supervision"):
-            need(protocol, key, str, "protocol.", "a string")
+        from harness.protocol import Protocol
+
+        try:  # the same checks as a protocol file's: types, choices, a safe name
+            Protocol.from_config(protocol)
+        except HarnessError as exc:
+            out.append(f"its protocol is not valid ({exc})")
     dataset = need(record, "dataset", dict, "", "an object")
     if dataset is not None:
         need(dataset, "name", str, "dataset.", "a string")
@@ -140,6 +144,11 @@ def record_problems(record) -> list[str]:
                 out.append(f"metrics.{split}.{bad[0]} is not a number, a list or an object of numbers")
             if "corloc" in values and not _is_number(values["corloc"]):
                 out.append(f"metrics.{split}.corloc is {values['corloc']!r:.40}, expected a number")
+            per_class = values.get("corloc_per_class")
+            n_classes = len(dataset["classes"]) if dataset is not None and isinstance(dataset.get("classes"), list) \
+                else None
+            if "corloc" in values and not (isinstance(per_class, list) and len(per_class) == n_classes):
+                out.append(f"metrics.{split}.corloc_per_class is not a list of one value per class")
     for key in ("run_id", "plugin"):
         if key in record and not isinstance(record[key], str):
             out.append(f"{key} is {type(record[key]).__name__}, expected a string")

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from harness import __version__, evalstore, io, results, stage_cache
 from harness import config as config_mod
 from harness.data.loader import check_finite_images, train_loader
-from harness.errors import HarnessError
+from harness.errors import HarnessError, plugin_code
 from harness.evalstore import EvalStore, check_eval_config, split_metrics
 from harness.evaluation import corloc_at, select_threshold, threshold_list
-from harness.method import Method
+from harness.method import Method, checked_loss, checked_optimizer
 from harness.protocol import Protocol
 from harness.registry import Entry, registry
 from harness.selection import needs, select, supervision_target
@@ -53,13 +53,24 @@ def prepare(
     cfg = compose(plugin, protocol, dataset, overrides, device, config_files)
     if run_root is not None:
         cfg.run.root = str(run_root)
+    check_buildable(cfg, progress)
+    return create_run_dir(cfg)
+
+
+def check_buildable(cfg, progress: bool = True) -> None:
+    """What a run needs before it starts: a run root that can be a folder, the dataset, and a
+    method its plugin can build."""
     root = Path(cfg.run.root)
     blocked = next((p for p in (root, *root.parents) if p.exists()), None)
     if blocked is not None and not blocked.is_dir():
         raise HarnessError(f"the run root {root} cannot be created: {blocked} is a file; pass --run-root DIR")
     data = load_dataset(cfg, progress)
     build_method(cfg, data.num_classes)
-    run_dir = _new_run_dir(root, method_label(cfg), cfg.protocol.name)
+
+
+def create_run_dir(cfg) -> Path:
+    """A fresh run directory under ``cfg.run.root`` holding the run's config."""
+    run_dir = _new_run_dir(Path(cfg.run.root), method_label(cfg), cfg.protocol.name)
     io.write_text(run_dir / "config.py", config_mod.dump_text(cfg))
     return run_dir
 
@@ -86,13 +97,29 @@ def compose(plugin: str, protocol: str, dataset: str, overrides: dict | None = N
     _reset_source_options(cfg, overrides)
     config_mod.apply_overrides(cfg, overrides)
     explicit += list(overrides)
+    if not isinstance(cfg.get("method"), dict):
+        cfg.method = {}  # a plugin whose defaults set no method section
     cfg.method.name = method_entry.name  # aliases resolve to the registered name
     _inherit_annotator_classifiers(cfg, explicit)
     config_mod.check_values(cfg)
-    Protocol.from_config(cfg.protocol)  # fail now, not after training
     check_eval_config(cfg)
     resolve_device(cfg.device)
+    _check_annotators(cfg, Protocol.from_config(cfg.protocol), explicit)  # fail now, not after training
     return cfg
+
+
+def _check_annotators(cfg, protocol: Protocol, explicit: list[str]) -> None:
+    """Build the annotators the protocol selects with, and those whose settings were changed:
+    an unknown annotator or a bad setting fails before any work (the others are built when an
+    evaluation needs them)."""
+    from harness.annotators.base import build_annotator
+
+    names = {t for _, t in needs(protocol) if t not in ("gt", "cls")}
+    names |= {k.split(".")[1] for k in explicit if k.startswith("annotators.") and k.count(".") >= 2}
+    for name in sorted(names):
+        entry = registry().get("annotator", name)
+        settings = (cfg.get("annotators") or {}).get(entry.name)
+        build_annotator(entry.name, settings.to_dict() if hasattr(settings, "to_dict") else settings)
 
 
 def _who(entry: Entry) -> str:
@@ -147,10 +174,28 @@ def load_dataset(cfg, progress: bool = True):
     """The run's dataset (the last one loaded is kept: a run prepares and executes with it)."""
     key = json.dumps(cfg.data.to_dict(), sort_keys=True, default=str)
     if key not in _DATASET_MEMO:
-        dataset = registry().get("dataset", cfg.data.name).factory(cfg.data, progress=progress)
+        dataset = build_dataset(cfg.data, progress)
         _DATASET_MEMO.clear()
         _DATASET_MEMO[key] = dataset
     return _DATASET_MEMO[key]
+
+
+def build_dataset(data_cfg, progress: bool = True):
+    """The dataset ``data_cfg.name`` from its plugin's factory; a factory that raises, or returns
+    something that is not a dataset, is an error naming the plugin and its distribution."""
+    from harness.data.base import WsolDataset
+
+    entry = registry().get("dataset", data_cfg.name)
+    try:
+        dataset = entry.factory(data_cfg, progress=progress)
+    except HarnessError:
+        raise
+    except Exception as exc:  # a third-party factory may raise anything
+        raise HarnessError(f"dataset {_who(entry)} failed to load: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(dataset, WsolDataset):
+        raise HarnessError(f"dataset {_who(entry)}: its factory returned a {type(dataset).__name__}, not a "
+                           f"harness.data.base.WsolDataset")
+    return dataset
 
 
 def method_label(cfg) -> str:
@@ -163,6 +208,11 @@ def method_label(cfg) -> str:
     entry = registry().get("method", cfg.method.name)
     own = (entry.layer().get("method") or {}).get("cam_source")
     return cfg.method.name if source == own else f"{cfg.method.name}+{source}"
+
+
+def _method_who(cfg) -> str:
+    """How errors from a method's own code name it (an annotator's classifier has no method)."""
+    return f"method {method_label(cfg)!r}" if "method" in cfg else "the annotator's classifier"
 
 
 def _reset_source_options(cfg, layer: dict) -> None:
@@ -219,7 +269,10 @@ def _protocol_layer(protocol: str):
             raise HarnessError(f"{path} defines no `protocol = dict(...)`")
         return {"protocol": layer["protocol"]}
     entry = registry().get("protocol", protocol)
-    return {"protocol": entry.layer()["protocol"]}
+    layer = entry.layer()
+    if not isinstance(layer.get("protocol"), dict):
+        raise HarnessError(f"protocol {_who(entry)}: its config sets no protocol = dict(name=..., ...)")
+    return {"protocol": layer["protocol"]}
 
 
 def _new_run_dir(root: Path, plugin: str, protocol: str) -> Path:
@@ -287,6 +340,15 @@ class Checkpoints:
     def save(self, stage_index: int, stage: str, epoch: int, state: dict) -> None:
         with io.atomic_path(self.path(stage_index, stage, epoch)) as tmp:
             torch.save(state, tmp)
+            # read back as it will be on resume (mmap: no tensor data is read), so that a state
+            # that is more than tensors and plain data fails now, not in a resume loop
+            try:
+                io.load_tensors(tmp, mmap=True)
+            except HarnessError:
+                raise HarnessError(
+                    f"the state of stage {stage!r} cannot be checkpointed: it holds more than tensors and plain "
+                    f"data; keep tensors, numbers, strings, lists and dicts in the modules' state_dict() "
+                    f"(checkpoints are read with weights_only=True)") from None
 
     def found(self) -> list[tuple[int, str, int]]:
         """(stage index, stage name, epoch) of every checkpoint on disk, in training order."""
@@ -301,6 +363,28 @@ class Checkpoints:
         """(stage index, epoch) of every checkpoint on disk, in training order."""
         return [(si, epoch) for si, _, epoch in self.found()]
 
+    def set_aside_damaged(self) -> list[Path]:
+        """Rename every checkpoint whose data fails its zip checksums to ``*.pt.damaged`` (kept,
+        never deleted): resume then treats it as missing and trains that epoch again, instead of
+        trusting a file that fails later. Reads every checkpoint once; run on resume only."""
+        import zipfile
+
+        damaged = []
+        for si, name, epoch in self.found():
+            path = self.path(si, name, epoch)
+            try:
+                with zipfile.ZipFile(path) as z:
+                    bad = z.testzip() is not None
+            except (OSError, zipfile.BadZipFile, RuntimeError, EOFError):
+                bad = True
+            if bad:
+                aside = path.with_name(path.name + ".damaged")
+                path.replace(aside)
+                log.warning("checkpoint %s is damaged: kept as %s, and that epoch is trained again", path.name,
+                            aside.name)
+                damaged.append(aside)
+        return damaged
+
     def stage_name(self, stage_index: int) -> str:
         for si, name, _ in self.found():
             if si == stage_index:
@@ -310,13 +394,10 @@ class Checkpoints:
     def load(self, stage_index: int, stage: str, epoch: int) -> dict:
         path = self.path(stage_index, stage, epoch)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise HarnessError(
-                f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"delete it and `harness run --resume {self.dir.parent}` trains that epoch (and the later "
-                f"ones) again"
-            ) from exc
+            state = io.load_tensors(path)
+        except HarnessError as exc:
+            raise HarnessError(f"{exc}; delete it and `harness run --resume {self.dir.parent}` trains that epoch "
+                               f"(and the later ones) again") from exc
         if not isinstance(state, dict) or "method" not in state:
             raise HarnessError(f"checkpoint {path} is not a harness checkpoint (no 'method' state); delete it "
                                f"and `harness run --resume {self.dir.parent}` trains that epoch again")
@@ -401,12 +482,14 @@ def execute(run_dir: str | Path, progress: bool = True, callbacks: Iterable[Call
     with run_lock(run_dir):
         run_log = _RunLog(run_dir)
         try:
+            ckpts = Checkpoints(run_dir)
+            ckpts.set_aside_damaged()
             record = _finished_result(run_dir)
             if record is None:
                 record = _execute(run_dir, cfg, progress, list(callbacks))
             else:
                 log.info("%s has its result already; completing its other artefacts", run_dir.name)
-                _sync_metrics_lines(run_dir, Checkpoints(run_dir))
+                _complete_metrics_lines(run_dir, cfg, ckpts, progress)
             _complete(run_dir, cfg, progress)
             return record
         finally:
@@ -423,7 +506,8 @@ def _finished_result(run_dir: Path) -> dict | None:
     try:
         record = results.read_record(path)
     except HarnessError as exc:
-        aside = path.with_name(results.RESULT_FILE + ".damaged")
+        aside = next(a for n in range(1, 10_000) for a in [path.with_name(
+            results.RESULT_FILE + ".damaged" + ("" if n == 1 else f"-{n}"))] if not a.exists())
         path.replace(aside)
         log.warning("%s; moved it to %s and selecting again", exc, aside.name)
         return None
@@ -436,6 +520,21 @@ def _finished_result(run_dir: Path) -> dict | None:
                     stage, ", ".join(map(str, missing)))
         return None
     return record
+
+
+def _complete_metrics_lines(run_dir: Path, cfg, ckpts: Checkpoints, progress: bool) -> None:
+    """A finished run whose metrics.jsonl lost lines gets them back, validation numbers included."""
+    have = {(x["stage"], x["epoch"]) for x in read_metrics_lines(run_dir)}
+    if all((name, epoch) in have for _, name, epoch in ckpts.found()):
+        return
+    device = resolve_device(cfg.device)
+    dataset = load_dataset(cfg, progress)
+    method = build_method(cfg, dataset.num_classes).to(device)
+    store = EvalStore(run_dir, cfg, dataset, method, ckpts, device, progress)
+    for split, target in needs(Protocol.from_config(cfg.protocol)):
+        if target not in ("gt", "cls"):
+            store.default_targets.setdefault(split, set()).add(target)
+    _sync_metrics_lines(run_dir, ckpts, store, len(method.stages) - 1)
 
 
 def _complete(run_dir: Path, cfg, progress: bool) -> None:
@@ -600,17 +699,20 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
     """Train every stage from the last checkpoint before the first missing epoch on; return
     what the run resumed from."""
     stages = method.stages
+    who = _method_who(cfg)
     resume_at, missing, after_gap = resume_point(stages, ckpts.done())
     if after_gap:
         log.warning("checkpoint %s is missing: training again from there (%d later checkpoint(s) are trained "
                     "again and replaced)", ckpts.path(missing[0], stages[missing[0]].name, missing[1]).name,
                     len(after_gap))
     resumed_from = None
+    last = len(stages) - 1
     if resume_at is not None:
-        _sync_metrics_lines(run_dir, ckpts, upto=resume_at)
+        _sync_metrics_lines(run_dir, ckpts, store, last, upto=resume_at)
         si, epoch = resume_at
         state = ckpts.load(si, stages[si].name, epoch)
-        method.load_state_dict(state["method"])
+        with plugin_code(who, "load_state_dict()"):
+            method.load_state_dict(state["method"])
         resumed_from = f"{stages[si].name} epoch {epoch}"
         log.info("resuming after %s", resumed_from)
 
@@ -622,14 +724,16 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         not_started = resume_at is None or si > resume_at[0]
         if not_started and key is not None and stage_cache.fetch(stage.name, key, si, stage.epochs, ckpts):
             state = ckpts.load(si, stage.name, stage.epochs)
-            method.load_state_dict(state["method"], strict=False)
+            with plugin_code(who, "load_state_dict()"):
+                method.load_state_dict(state["method"], strict=False)
             log.info("%s stage reused from the stage cache %s (same settings, data and seed): not retrained",
                      stage.name, stage_cache.entry_dir(stage.name, key))
-            if si == len(stages) - 1 and store is not None:
+            if si == last and store is not None:
                 for epoch in range(1, stage.epochs + 1):
                     store.forget(epoch)  # records of earlier weights, if any, are not these epochs'
+            _sync_metrics_lines(run_dir, ckpts, store, last, upto=(si, stage.epochs))
             continue
-        opt, sched = stage.optimizer()
+        opt, sched = checked_optimizer(stage, who)
         first = 1
         if resume_at is not None and si == resume_at[0]:
             opt.load_state_dict(state["optimizer"])
@@ -637,24 +741,28 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                 sched.load_state_dict(state["scheduler"])
             first = resume_at[1] + 1
         if first <= stage.epochs:
-            stage.prepare(train_split, device, progress)
+            with plugin_code(who, f"stage {stage.name!r} prepare()"):
+                stage.prepare(train_split, device, progress)
         for epoch in range(first, stage.epochs + 1):
             seed = epoch_seed(cfg.seed, si, epoch)
             seed_everything(seed)
-            stage.begin_epoch(epoch)
-            if si == len(stages) - 1 and store is not None:
+            with plugin_code(who, f"stage {stage.name!r} begin_epoch()"):
+                stage.begin_epoch(epoch)
+            if si == last and store is not None:
                 store.forget(epoch)  # evaluated from an earlier attempt at this epoch
             stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
             line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
-            if si == len(stages) - 1 and store is not None:
+            if si == last and store is not None:
                 line.update(_val_summary(store, epoch))
             # The epoch's log line travels in its checkpoint: a kill between the two writes
             # loses no line (the next resume writes it from the checkpoint).
+            with plugin_code(who, "state_dict()"):
+                method_state = method.state_dict()
             ckpts.save(si, stage.name, epoch, {
-                "method": method.state_dict(),
+                "method": method_state,
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "stage": stage.name,
@@ -671,9 +779,10 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
     return resumed_from
 
 
-def _val_summary(store: EvalStore, epoch: int) -> dict:
-    """The per-epoch validation numbers of the metrics line (the weights are the current ones)."""
-    store.record("val", epoch, current=True)
+def _val_summary(store: EvalStore, epoch: int, current: bool = True) -> dict:
+    """The per-epoch validation numbers of the metrics line (``current``: the method holds that
+    epoch's weights; else they are read from its checkpoint)."""
+    store.record("val", epoch, current=current)
     curves = store.curves("val", epoch)
     out = {"val_corloc_best_tau": corloc_at(curves, select_threshold(curves, "global"))["mean"],
            "val_cls_accuracy": store.boxes("val", epoch).cls_accuracy()}
@@ -687,41 +796,54 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics_lines(run_dir: Path) -> list[dict]:
-    """The lines of ``metrics.jsonl`` that parse (a line cut by a kill in an old run is dropped)."""
+    """The lines of ``metrics.jsonl``, one per (stage, epoch) (the last one written wins); a line
+    that does not parse, e.g. cut by a kill in an old run, is dropped."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    lines = []
+    lines: dict[tuple, dict] = {}
     for text in path.read_text(errors="replace").splitlines():
         try:
             line = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(line, dict) and "stage" in line and "epoch" in line:
-            lines.append(line)
-    return lines
+        if isinstance(line, dict) and isinstance(line.get("stage"), str) and isinstance(line.get("epoch"), int):
+            lines.pop((line["stage"], line["epoch"]), None)
+            lines[line["stage"], line["epoch"]] = line
+    return list(lines.values())
 
 
-def write_metrics_line(run_dir: Path, line: dict) -> None:
-    """Add (or replace: an epoch trained again) the line of one (stage, epoch), atomically."""
-    lines = [old for old in read_metrics_lines(run_dir) if (old["stage"], old["epoch"]) != (line["stage"], line["epoch"])]
-    lines.append(line)
+def write_metrics_line(run_dir: Path, line: dict | None = None) -> None:
+    """Add (or replace: an epoch trained again) the line of one (stage, epoch), atomically; with
+    no line, rewrite the file as :func:`read_metrics_lines` reads it (one line per epoch)."""
+    lines = read_metrics_lines(run_dir)
+    if line is not None:
+        lines = [old for old in lines if (old["stage"], old["epoch"]) != (line["stage"], line["epoch"])] + [line]
     io.write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(x) + "\n" for x in lines))
 
 
-def _sync_metrics_lines(run_dir: Path, ckpts: Checkpoints, upto: tuple[int, int] | None = None) -> None:
-    """Write the line of every checkpoint (up to ``upto``, else all) that ``metrics.jsonl``
-    lacks, from the copy the checkpoint carries (a kill fell between the checkpoint and its line)."""
-    have = {(x["stage"], x["epoch"]) for x in read_metrics_lines(run_dir)}
+def _sync_metrics_lines(run_dir: Path, ckpts: Checkpoints, store: EvalStore | None = None, last: int = -1,
+                        upto: tuple[int, int] | None = None) -> None:
+    """Give every checkpoint (up to ``upto``, else all) its line in ``metrics.jsonl``: a kill fell
+    between a checkpoint and its line, or the stage came from the stage cache. The training
+    numbers come from the copy the checkpoint carries, the validation numbers of the last stage
+    (index ``last``) from ``store`` now, so the line is the one an uninterrupted run writes."""
+    lines = read_metrics_lines(run_dir)
+    path = Path(run_dir) / METRICS_FILE
+    if path.is_file() and len(path.read_text(errors="replace").splitlines()) != len(lines):
+        write_metrics_line(run_dir)  # duplicated or broken lines: one per epoch again
+    have = {(x["stage"], x["epoch"]) for x in lines}
     for si, name, epoch in ckpts.found():
         if upto is not None and (si, epoch) > upto:
             break
         if (name, epoch) in have:
             continue
-        line = ckpts.load(si, name, epoch).get("log")
-        if isinstance(line, dict):
-            write_metrics_line(run_dir, line)
-            log.info("metrics line of %s epoch %d restored from its checkpoint", name, epoch)
+        kept = ckpts.load(si, name, epoch).get("log")
+        line = {k: v for k, v in kept.items() if not k.startswith("val_")} if isinstance(kept, dict) else {}
+        line.update(stage=name, epoch=epoch)
+        if store is not None and si == last:
+            line.update(_val_summary(store, epoch, current=False))
+        write_metrics_line(run_dir, line)
 
 
 def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None, dict]:
@@ -740,26 +862,39 @@ def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None
     return stage_cache.stage_key({"stage": stage.name, **description}), description
 
 
+def _lr_key(cfg, stage: str) -> str:
+    """Where a stage's learning rate is set, when the config says (classifier.lr,
+    method.decoder.lr), else the hint to look for it."""
+    flat = config_mod.flatten(cfg.to_dict())
+    keys = [k for k in (f"{stage}.lr", f"method.{stage}.lr") if k in flat]
+    return f"--cfg-options {keys[0]}=..." if keys else "the plugin's lr setting"
+
+
 def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normalization) -> dict:
+    who = _method_who(cfg)
+    with plugin_code(who, f"stage {stage.name!r} batch_sampler()"):
+        sampler = stage.batch_sampler(split, seed)
     loader = train_loader(
         split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization,
-        batch_sampler=stage.batch_sampler(split, seed),
+        batch_sampler=sampler,
     )
-    stage.train_mode()
+    with plugin_code(who, f"stage {stage.name!r} train_mode()"):
+        stage.train_mode()
     total, n, extra = 0.0, 0, {}
     bar = tqdm(loader, desc=f"{stage.name} epoch {epoch}/{stage.epochs}", leave=False, disable=not progress)
     for batch in bar:
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        loss, scalars = stage.loss(batch)
+        loss, scalars = checked_loss(stage, batch, who)
         if not torch.isfinite(loss):
             check_finite_images(batch, split, normalization)
             raise HarnessError(
                 f"{stage.name} loss became {loss.item()} at epoch {epoch}: training diverged; lower "
-                f"the learning rate (e.g. --cfg-options {stage.name}.lr=...)"
+                f"the stage's learning rate ({_lr_key(cfg, stage.name)})"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with plugin_code(who, f"stage {stage.name!r} backward()/step()"):
+            loss.backward()
+            opt.step()
         bs = batch["image"].shape[0]
         total += loss.item() * bs
         n += bs

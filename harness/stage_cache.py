@@ -52,6 +52,18 @@ def fetch(stage_name: str, key: str, stage_index: int, epochs: int, ckpts) -> bo
     if meta.get("epochs") != epochs or not all(f.is_file() for f in files):
         log.warning("stage cache %s is incomplete; training the stage again", src)
         return False
+    sizes = meta.get("sizes")
+    if isinstance(sizes, dict) and any(sizes.get(f.name) != f.stat().st_size for f in files):
+        # a file of the entry was written over in place (the runs that link it share it): the
+        # entry is set aside so that this run's training publishes a sound one
+        aside = src.with_name(f".{src.name}.damaged-{os.getpid()}")
+        log.warning("stage cache %s was changed since it was published; set aside as %s, training the stage "
+                    "again", src, aside.name)
+        try:
+            os.replace(src, aside)
+        except OSError:
+            pass
+        return False
     ckpts.dir.mkdir(parents=True, exist_ok=True)
     for epoch, f in enumerate(files, start=1):
         _link_or_copy(f, ckpts.path(stage_index, stage_name, epoch))
@@ -67,9 +79,14 @@ def publish(stage_name: str, key: str, stage_index: int, epochs: int, ckpts, des
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        sizes = {}
         for epoch in range(1, epochs + 1):
-            _link_or_copy(ckpts.path(stage_index, stage_name, epoch), tmp / f"epoch{epoch:03d}.pt")
-        io.write_json(tmp / "complete.json", {"stage": stage_name, "key": key, "epochs": epochs, **description})
+            target = tmp / f"epoch{epoch:03d}.pt"
+            _link_or_copy(ckpts.path(stage_index, stage_name, epoch), target)
+            os.chmod(target, 0o444)  # shared by every run that links it: never written in place
+            sizes[target.name] = target.stat().st_size
+        io.write_json(tmp / "complete.json", {"stage": stage_name, "key": key, "epochs": epochs, "sizes": sizes,
+                                              **description})
         os.replace(tmp, dest)
         return dest
     except OSError as exc:  # a full or read-only cache only costs a retraining later

@@ -23,7 +23,6 @@ from typing import Any, Protocol as TypingProtocol
 
 from tabulate import tabulate
 
-from harness import config as config_mod
 from harness import io, results, runner
 from harness.errors import HarnessError
 
@@ -71,6 +70,11 @@ class SweepSpec:
         for key, values in self.grid.items():
             if not values:
                 raise HarnessError(f"--grid {key}= has no value")
+        both = sorted(set(self.grid) & set(self.space))
+        if both:
+            raise HarnessError(f"{', '.join(both)} is in --grid and in --space: sweep each key one way")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise HarnessError(f"--seed {self.seed!r}: the random search's seed is a whole number >= 0")
 
 
 def _parse_distribution(key: str, text: str) -> tuple[str, list]:
@@ -168,34 +172,33 @@ class LocalRunner:
 # ------------------------------------------------------------------------------ the sweep
 
 
-def create(spec: SweepSpec, run_root: str | Path | None = None) -> Path:
-    """Write the sweep directory with every trial prepared (configs validated up front)."""
+def create(spec: SweepSpec, run_root: str | Path | None = None, progress: bool = True) -> Path:
+    """Write the sweep directory with every trial prepared. Every trial's config is composed
+    and checked, and its method built, before anything is written: a bad value in one trial
+    leaves no half-made sweep behind."""
     spec.validate()
     overrides = trial_overrides(spec)
     fixed = {**spec.overrides, **_pinned_annotator_classifiers(spec)}
-    first = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**fixed, **overrides[0]},
-                           run_root, config_files=spec.config_files)
-    root = Path(run_root) if run_root is not None else first.parent
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    # Named from the prepared config, not from the arguments: --protocol may be a file path
+    cfgs = [runner.compose(spec.plugin, spec.protocol, spec.dataset, {**fixed, **o}, config_files=spec.config_files)
+            for o in overrides]
+    root = Path(run_root) if run_root is not None else Path(cfgs[0].run.root)
+    # Named from the composed config, not from the arguments: --protocol may be a file path
     # (`../../p.json`) and --plugin an alias; method and protocol names are validated as safe
     # file names (harness/names.py), so the folder stays under <root>/sweeps.
-    cfg = config_mod.load_run_config(first)
-    label = f"{runner.method_label(cfg)}-{cfg.protocol.name}"
+    label = f"{runner.method_label(cfgs[0])}-{cfgs[0].protocol.name}"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     sweep_dir = root / "sweeps" / f"{stamp}-{label}"
     for n in range(2, 1000):
         if not sweep_dir.exists():
             break
         sweep_dir = root / "sweeps" / f"{stamp}-{n}-{label}"
-    trials_root = sweep_dir / "trials"
-    trials_root.mkdir(parents=True)
-    first.rename(trials_root / first.name)  # the probe run becomes trial 0
+    for cfg in cfgs:
+        cfg.run.root = str(sweep_dir / "trials")
+        runner.check_buildable(cfg, progress)
+    (sweep_dir / "trials").mkdir(parents=True)
     io.write_json(sweep_dir / SPEC_FILE, asdict(spec))
-    trials = [{"id": trial_id(0, overrides[0]), "overrides": overrides[0], "run": first.name}]
-    for n, o in enumerate(overrides[1:], start=1):
-        run_dir = runner.prepare(spec.plugin, spec.protocol, spec.dataset, {**fixed, **o}, trials_root,
-                                 config_files=spec.config_files)
-        trials.append({"id": trial_id(n, o), "overrides": o, "run": run_dir.name})
+    trials = [{"id": trial_id(n, o), "overrides": o, "run": runner.create_run_dir(cfg).name}
+              for n, (o, cfg) in enumerate(zip(overrides, cfgs))]
     io.write_json(sweep_dir / TRIALS_FILE, trials)
     return sweep_dir
 
@@ -213,8 +216,8 @@ def _pinned_annotator_classifiers(spec: SweepSpec) -> dict:
 def execute(sweep_dir: str | Path, trial_runner: TrialRunner | None = None, progress: bool = True) -> dict:
     """Run (or resume) every trial, then select the configuration and write the result."""
     sweep_dir = Path(sweep_dir)
-    trials = _load(sweep_dir / TRIALS_FILE, "trials")
-    spec = SweepSpec(**_load(sweep_dir / SPEC_FILE, "specification"))
+    spec = _load_spec(sweep_dir)
+    trials = _load_trials(sweep_dir)
     run_dirs = [sweep_dir / "trials" / t["run"] for t in trials]
     (trial_runner or LocalRunner()).run(run_dirs, progress)
     records = [_trial_record(d / results.RESULT_FILE) for d in run_dirs]
@@ -238,6 +241,38 @@ def _trial_record(path: Path) -> dict:
         raise HarnessError(f"{path} is not a finished trial's record: no {', '.join(missing)}; delete it and resume "
                            f"the sweep (harness sweep --resume) to select and evaluate that trial again")
     return record
+
+
+def _load_spec(sweep_dir: Path) -> SweepSpec:
+    path = sweep_dir / SPEC_FILE
+    data = _load(path, "specification")
+    try:
+        spec = SweepSpec(**data) if isinstance(data, dict) else None
+    except TypeError as exc:
+        raise HarnessError(f"{path} is not a sweep specification ({exc})") from None
+    fields = {"plugin": str, "protocol": str, "dataset": str, "grid": dict, "space": dict, "overrides": dict,
+              "config_files": list}
+    bad = [k for k, t in fields.items() if spec is not None and not isinstance(getattr(spec, k), t)]
+    if spec is None or bad:
+        raise HarnessError(f"{path} is not a sweep specification"
+                           + (f" ({bad[0]} is not a {fields[bad[0]].__name__})" if bad else " (not an object)"))
+    spec.validate()
+    return spec
+
+
+def _load_trials(sweep_dir: Path) -> list[dict]:
+    from harness.names import check_name
+
+    path = sweep_dir / TRIALS_FILE
+    trials = _load(path, "trials")
+    ok = isinstance(trials, list) and trials and all(
+        isinstance(t, dict) and isinstance(t.get("id"), str) and isinstance(t.get("overrides"), dict)
+        and isinstance(t.get("run"), str) for t in trials)
+    if not ok:
+        raise HarnessError(f"{path} is not the sweep's list of trials ({{id, overrides, run}} each)")
+    for t in trials:  # a run name becomes a path: it stays inside the sweep's trials/ folder
+        check_name(t["run"], f"{path}: trial run")
+    return trials
 
 
 def _load(path: Path, what: str):

@@ -139,6 +139,7 @@ def test_file_annotator_reads_localization_lines(dataset, tmp_path):
     ("b,0,0,inf,4\n", r"boxes.txt:1: .* has a NaN or infinite coordinate.*fix the box or drop it"),
     ("b,0,0,1e999,4\n", r"boxes.txt:1: .* NaN or infinite"),
     ("b,-inf,0,1,4\n", r"boxes.txt:1: .* NaN or infinite"),
+    ("b,1_0,0,12,4\n", r"boxes.txt:1: box \['1_0', .* non-numeric"),  # float() would read 10
 ])
 def test_file_annotator_errors_name_the_problem(dataset, tmp_path, content, needle):
     path = tmp_path / "boxes.txt"
@@ -154,6 +155,7 @@ def test_file_annotator_errors_name_the_problem(dataset, tmp_path, content, need
     ("[0, 0, 1e400, 4]", "NaN or infinite"),  # parses as float inf
     ("[0, 0, 1" + "0" * 400 + ", 4]", "non-numeric"),  # an int too large for a float
     ("[0, 0, true, 4]", "non-numeric"),  # JSON true is not pixel 1
+    ('[0, 0, "10", 4]', "non-numeric"),  # nor is a string of digits a number
     ('"0,0,1,1"', "needs a non-empty list"),
 ])
 def test_file_annotator_refuses_non_finite_coordinates_in_json(dataset, tmp_path, entry, needle):

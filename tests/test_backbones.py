@@ -235,7 +235,7 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 
 def test_unreadable_checkpoint(tmp_path):
     (tmp_path / "junk.pth").write_text("not a checkpoint")
-    with pytest.raises(HarnessError, match="could not read checkpoint"):
+    with pytest.raises(HarnessError, match=r"junk.pth cannot be read \(not a file torch.save wrote .*\)\. It must be a file written"):
         create_encoder("resnet18", 2, str(tmp_path / "junk.pth"))
 
 

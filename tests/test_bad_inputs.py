@@ -24,6 +24,8 @@ def files(tmp_path):
     put("number.json", json.dumps({"protocol": {"name": "p", "supervision": 3}}))
     put("unknown-key.json", json.dumps({"protocol": {"name": "p", "supervison": "gt"}}))
     put("noproto.json", json.dumps({"classifier": {"lr": 0.1}}))
+    put("pseudo-unknown.json", json.dumps({"protocol": {"name": "p", "supervision": "pseudo:nosuch"}}))
+    put("pseudo-file.json", json.dumps({"protocol": {"name": "p", "supervision": "pseudo:file"}}))
     put("syntax.py", "classifier = dict(lr=\n")
     put("typo.py", "classifier = dict(lrr=0.1)\n")
     put("evil.yaml", "protocol: !!python/object/apply:os.system ['true']\n")
@@ -87,9 +89,22 @@ CASES = {
     "resume a missing directory": (["run", "--resume", "{missing}"], "not a run directory"),
     "resume a file": (["run", "--resume", "{notarun.txt}"], "not a run directory"),
     "resume with --plugin": (["run", "--resume", "{tmp}", "--plugin", "cam"], "drop --plugin"),
+    "resume with options": (["run", "--resume", "{tmp}", "--cfg-options", "seed=1"], "drop --cfg-options"),
+    "resume with a protocol": (["run", "--resume", "{tmp}", "--protocol", "oracle"], "drop --protocol"),
+    "run an unknown annotator": (["run", "--plugin", "cam", "--protocol", "{pseudo-unknown.json}"],
+                                 "unknown annotator 'nosuch'"),
+    "run the file annotator without a file": (["run", "--plugin", "cam", "--protocol", "{pseudo-file.json}"],
+                                              "the file annotator needs a path"),
+    "run a bad setting of an unused annotator": (["run", "--plugin", "cam", "--cfg-options",
+                                                  "annotators.noisy-gt.noise=-1.0"], "noise=-1.0 must be"),
+    "run a bad setting of the realistic annotator": (["run", "--plugin", "cam", "--protocol", "realistic",
+                                                      "--cfg-options", "annotators.cam-pg.filter_fraction=2.0"],
+                                                     "filter_fraction=2.0 must be in (0, 1]"),
     # eval
     "eval a missing run": (["eval", "--run", "{missing}"], "not a run directory"),
     "eval an empty folder": (["eval", "--run", "{emptydir}"], "not a run directory"),
+    "eval annotators without the grid": (["eval", "--run", "{emptydir}", "--annotators", "cam-pg"],
+                                         "add --protocol grid"),
     # sweep
     "sweep without --plugin": (["sweep"], "--plugin is required"),
     "sweep nothing": (["sweep", "--plugin", "cam"], "nothing to sweep"),
@@ -106,6 +121,12 @@ CASES = {
                                        "--trials", "2"], "distribution must be"),
     "sweep resume a non-sweep": (["sweep", "--resume", "{emptydir}"], "not a sweep directory"),
     "sweep a bad grid value": (["sweep", "--plugin", "cam", "--grid", "classifier.lr=-1,0.1"], "out of range"),
+    "sweep a word for epochs": (["sweep", "--plugin", "cam", "--grid", "classifier.epochs=1,abc"], "expects int"),
+    "sweep one key two ways": (["sweep", "--plugin", "cam", "--grid", "classifier.lr=0.1,0.2", "--space",
+                                "classifier.lr=uniform:0.1:0.2", "--trials", "2"], "in --grid and in --space"),
+    "sweep a negative seed": (["sweep", "--plugin", "cam", "--space", "classifier.lr=uniform:0.1:0.2", "--trials",
+                               "2", "--seed", "-1"], "--seed -1"),
+    "sweep resume with a grid": (["sweep", "--resume", "{emptydir}", "--grid", "classifier.lr=0.1"], "drop --grid"),
     # annotate
     "annotate with an unknown annotator": (["annotate", "--annotator", "nope"], "unknown annotator 'nope'"),
     "annotate an unknown dataset": (["annotate", "--dataset", "nope"], "unknown dataset 'nope'"),
@@ -124,6 +145,8 @@ CASES = {
     "leaderboard a missing run root": (["leaderboard", "--run-root", "{missing}"], "does not exist"),
     "leaderboard --match without runs": (["leaderboard", "--match"], "--match needs --runs"),
     "leaderboard --runs without a table": (["leaderboard", "--runs", "{tmp}"], "go with --table"),
+    "leaderboard --list with runs": (["leaderboard", "--list", "--runs", "{tmp}"], "--list takes no --runs"),
+    "leaderboard two commands": (["leaderboard", "--match", "--check"], "are different commands"),
     # report
     "report without a target": (["report"], "give --run RUN_DIR"),
     "report a missing run": (["report", "--run", "{missing}"], "does not exist"),

@@ -1,6 +1,7 @@
 """The plugin contract, pytest's standard: a broken plugin is reported by `harness list` and
 skipped, never fatal; a method that cannot be built is named before any run directory exists."""
 import importlib
+import json
 import subprocess
 import sys
 
@@ -239,3 +240,167 @@ def test_list_and_leaderboard_import_no_model_code(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "HEAVY [] 0"
+
+
+# ------------------------------------------------------------------------ a plugin's own code at run time
+
+RUNTIME = '''
+import sys
+import torch
+from harness.method import Method, Prediction, Stage
+
+class Net(torch.nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+        self.head = torch.nn.Linear(4, n)
+        self.extra = None
+
+    def forward(self, x):
+        a = self.conv(x)
+        return self.head(a.mean(dim=(2, 3))), a
+
+class Fit(Stage):
+    name, epochs, batch_size = "fit", 1, 16
+    def __init__(self, net, how):
+        self.net, self.how = net, how
+    def parameters(self):
+        return self.net.parameters()
+    def optimizer(self):
+        if self.how == "optimnone":
+            return None
+        return torch.optim.SGD(self.net.parameters(), lr=0.01), None
+    def loss(self, batch):
+        logits, _ = self.net(batch["image"])
+        loss = torch.nn.functional.cross_entropy(logits, batch["label"])
+        if self.how == "lossscalar":
+            return loss
+        if self.how == "raises":
+            raise ZeroDivisionError("the plugin divided by zero")
+        return loss, {}
+
+class Tiny(Method):
+    def __init__(self, cfg, n):
+        super().__init__(cfg, n)
+        self.how = cfg.method.name
+        self.net = Net(n)
+        self._stages = [Fit(self.net, self.how)]
+    @property
+    def stages(self):
+        return self._stages
+    def modules(self):
+        return {"net": self.net}
+    def state_dict(self):
+        state = super().state_dict()
+        if self.how == "stateobj":
+            state["extra"] = object()
+        return state
+    def predict(self, images, classes):
+        logits, a = self.net(images)
+        maps = a.mean(1)
+        if self.how == "predtuple":
+            return maps, logits
+        if self.how == "predshape":
+            return Prediction(maps=a, logits=logits)
+        return Prediction(maps=maps, logits=logits)
+
+def boom(cfg):
+    raise RuntimeError("the dataset server is down")
+
+def notadataset(cfg, progress=True):
+    return [1, 2, 3]
+
+def methods():
+    names = ["lossscalar", "raises", "optimnone", "stateobj", "predtuple", "predshape", "fine"]
+    return [Entry(n, Tiny, "d", config={"method": {"name": n}}) for n in names] + [
+        Entry("noconfig", Tiny, "a method with no config at all"),
+        Entry("listconfig", Tiny, "d", config=lambda: [1, 2])]
+
+@hookimpl
+def harness_register_methods():
+    return methods()
+
+@hookimpl
+def harness_register_cam_sources():
+    return [Entry("gone", lazy("no_such_module_here:Source"), "d")]
+
+@hookimpl
+def harness_register_protocols():
+    return [Entry("noprotokey", None, "d", config={"selection": "val"})]
+
+@hookimpl
+def harness_register_datasets():
+    return [Entry("boomdata", lambda cfg, progress=True: boom(cfg), "d", config={"data": {"name": "boomdata"}}),
+            Entry("listdata", notadataset, "d", config={"data": {"name": "listdata"}})]
+'''
+
+TINY_DATA = [f"{k}={v}" for k, v in TINY_YTO.items() if k.startswith(("data.", "eval.", "run."))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("plugin, message", [
+    ("lossscalar", "stage 'fit' loss() returned Tensor; it returns (loss, scalars)"),
+    ("raises", "stage 'fit' loss() raised ZeroDivisionError: the plugin divided by zero (HARNESS_DEBUG=1"),
+    ("optimnone", "stage 'fit' optimizer() returned NoneType; it returns (torch.optim.Optimizer"),
+    ("stateobj", "the state of stage 'fit' cannot be checkpointed: it holds more than tensors and plain data"),
+    ("predtuple", "predict() returned tuple; it returns harness.method.Prediction"),
+    ("predshape", "expected maps (B, h, w) and logits (B, C)"),
+    ("listconfig", "its config is a list, not a file or a dict of sections"),
+])
+def test_a_plugin_that_breaks_its_contract_at_run_time_is_named(plugin, message, tmp_path, monkeypatch, capsys):
+    _registry_with(tmp_path / "site", monkeypatch, "from harness.registry import lazy\n" + RUNTIME, "rt_mod")
+    argv = ["run", "--plugin", plugin, "--run-root", str(tmp_path / "runs"), "--no-progress", "--cfg-options",
+            *TINY_DATA]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    if plugin == "raises":
+        monkeypatch.setenv("HARNESS_DEBUG", "1")  # plugin authors get their traceback back
+        with pytest.raises(ZeroDivisionError):
+            main(argv)
+
+
+@pytest.mark.slow
+def test_a_plugin_method_needs_no_config(tmp_path, monkeypatch):
+    _registry_with(tmp_path / "site", monkeypatch, "from harness.registry import lazy\n" + RUNTIME, "rt_mod")
+    argv = ["run", "--plugin", "noconfig", "--run-root", str(tmp_path / "runs"), "--no-progress", "--cfg-options",
+            *TINY_DATA]
+    assert main(argv) == 0
+    [run_dir] = (tmp_path / "runs").glob("*-noconfig-gt-val")
+    assert json.loads((run_dir / "result.json").read_text())["plugin"] == "noconfig"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--plugin", "cam", "--cfg-options", "method.cam_source=gone"],
+     "lazy('no_such_module_here:Source') cannot be imported: ModuleNotFoundError"),
+    (["run", "--plugin", "cam", "--protocol", "noprotokey"], "protocol 'noprotokey' (third-plugin 0.1): its config "
+                                                            "sets no protocol"),
+    (["run", "--plugin", "cam", "--dataset", "boomdata"],
+     "dataset 'boomdata' (third-plugin 0.1) failed to load: RuntimeError: the dataset server is down"),
+    (["run", "--plugin", "cam", "--dataset", "listdata"], "its factory returned a list, not a harness.data.base"),
+    (["data", "show", "--name", "boomdata"], "failed to load: RuntimeError"),
+    (["data", "prepare", "listdata"], "its factory returned a list"),
+])
+def test_a_broken_plugin_component_is_named(argv, message, tmp_path, monkeypatch, capsys):
+    _registry_with(tmp_path / "site", monkeypatch, "from harness.registry import lazy\n" + RUNTIME)
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--no-progress"] if argv[0] != "data" or argv[1] == "prepare" else argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("where", ["import", "hook"])
+def test_a_plugin_that_calls_sys_exit_is_reported_not_obeyed(where, tmp_path, monkeypatch, capsys):
+    source = "import sys\nsys.exit(3)\n" if where == "import" else \
+        "import sys\n@hookimpl\ndef harness_register_methods():\n    sys.exit(7)\n"
+    reg = _registry_with(tmp_path, monkeypatch, source)
+    [failure] = [f for f in reg.failures if f.plugin == "third_mod"]
+    assert f"called sys.exit({3 if where == 'import' else 7})" in failure.error
+    assert main(["list"]) == 0 and "cam" in capsys.readouterr().out
+
+
+def test_a_config_file_that_calls_sys_exit_is_named(tmp_path, capsys):
+    cfg = tmp_path / "exits.py"
+    cfg.write_text("import sys\nsys.exit(3)\n")
+    assert main(["run", "--plugin", "cam", "--config", str(cfg)]) == 2
+    assert f"cannot read config file {cfg}: it called sys.exit(3)" in capsys.readouterr().err

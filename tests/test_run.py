@@ -120,12 +120,14 @@ def test_resume_of_a_finished_run_returns_its_result_untouched(tmp_path):
     assert (run_dir / "result.json").stat().st_mtime_ns == before
 
 
-def test_unreadable_checkpoint_is_named(tmp_path):
+def test_a_damaged_checkpoint_is_kept_aside_and_its_epoch_trained_again(tmp_path):
     run_dir = runner.prepare("cam", "gt-val", "synth-yto", {**TINY_YTO, "classifier.epochs": 2}, tmp_path)
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "0-classifier-epoch001.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(HarnessError, match="0-classifier-epoch001.pt"):
-        runner.execute(run_dir, progress=False)
+    record = runner.execute(run_dir, progress=False)
+    assert record["resumed_from"] is None  # nothing sound to resume from: trained from the start
+    assert (run_dir / "checkpoints" / "0-classifier-epoch001.pt.damaged").read_bytes() == b"not a checkpoint"
+    assert "0-classifier-epoch001.pt is damaged: kept as" in (run_dir / "log.txt").read_text()
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ def test_a_foreign_result_under_the_run_root_breaks_no_later_run(tmp_path, capsy
     skipped = []
     results.write_leaderboard(tmp_path, skipped)
     assert sorted(Path(s.split(" ")[0]).parent.name for s in skipped) == ["broken", "foreign", "list", "wrong-types"]
-    assert any("protocol.name is int" in s for s in skipped)
+    assert any("its protocol is not valid" in s and "name=3" in s for s in skipped)
 
 
 # ------------------------------------------------------------------------ files that must not run code
@@ -239,13 +239,28 @@ def test_a_crafted_stage_cache_entry_is_refused_never_executed(tmp_path, monkeyp
     first = runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "runs", progress=False)
     runner.execute(first, progress=False)
     [entry] = stage_cache.cache_root().iterdir()
+    assert oct((entry / "epoch001.pt").stat().st_mode & 0o777) == "0o444"  # linked into runs: never written in place
     marker = tmp_path / "pwned"
     (entry / "epoch001.pt").unlink()  # the run's own checkpoint is a hard link to it: leave that one alone
     torch.save({"method": _Payload(marker)}, entry / "epoch001.pt")
     argv = ["run", "--plugin", "cam", "--run-root", str(tmp_path / "runs"), "--no-progress", "--cfg-options",
             *[f"{k}={v}" for k, v in overrides.items()]]
+    # the entry no longer matches what was published: set aside, the stage trained again
+    assert main(argv) == 0
+    assert list(entry.parent.glob(f".{entry.name}.damaged-*"))
+    io.load_tensors(entry / "epoch001.pt")  # and published again, sound, by the run that trained it
+    assert not marker.exists()
+
+    # an entry forged to match what was published is read as tensors only: refused
+    [entry] = stage_cache.cache_root().glob("classifier-*")
+    meta = json.loads((entry / "complete.json").read_text())
+    (entry / "epoch001.pt").unlink()
+    torch.save({"method": _Payload(marker)}, entry / "epoch001.pt")
+    meta["sizes"]["epoch001.pt"] = (entry / "epoch001.pt").stat().st_size
+    (entry / "complete.json").write_text(json.dumps(meta))
+    capsys.readouterr()
     assert main(argv) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    assert "holds Python objects besides tensors and plain data" in capsys.readouterr().err
     assert not marker.exists()
 
 
@@ -282,7 +297,7 @@ def test_runs_finishing_together_lose_no_leaderboard_row(tmp_path, monkeypatch):
     A writes the board from what it read. Without the lock, B's row is lost every time."""
     record = {"run_id": "", "plugin": "cam", "protocol": {"name": "gt-val", "supervision": "gt"},
               "dataset": {"name": "synth-yto", "classes": ["a"]}, "selection": {"epoch": 1, "tau": [0.5]},
-              "metrics": {"test": {"corloc": 50.0}}}
+              "metrics": {"test": {"corloc": 50.0, "corloc_per_class": [50.0]}}}
     original = results.load_results
     a_has_read = threading.Event()
 
@@ -314,15 +329,20 @@ def test_runs_finishing_together_lose_no_leaderboard_row(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("classifier.lr", -0.1, "classifier.lr.*> 0"),
-    ("classifier.batch_size", 0, "classifier.batch_size.*>= 1"),
-    ("loader.num_workers", -1, "loader.num_workers.*>= 0"),
+    ("classifier.lr", -0.1, r"classifier.lr.*\(0, 100\]"),
+    ("classifier.batch_size", 0, r"classifier.batch_size.*\[1, 65536\]"),
+    ("loader.num_workers", -1, r"loader.num_workers.*\[0, 64\]"),
     ("classifier.epochs", 0, "classifier.epochs.*>= 1"),
     ("classifier.momentum", 1.5, r"classifier.momentum.*\[0, 1\]"),
-    ("annotators.cam-pg.classifier.lr", 0.0, "annotators.cam-pg.classifier.lr.*> 0"),
+    ("annotators.cam-pg.classifier.lr", 0.0, r"annotators.cam-pg.classifier.lr.*\(0, 100\]"),
     ("eval.interpolation", "nearest", "eval.interpolation='nearest'"),
     ("eval.iou_thresholds", [0.5, 1.5], "eval.iou_thresholds"),
     ("seed", -3, "seed.*>= 0"),
+    ("classifier.lr", 1e300, r"classifier.lr.*\(0, 100\]"),
+    ("classifier.weight_decay", float("inf"), "give a finite number"),
+    ("eval.threshold_step", 1e-9, r"threshold_step.*\[0.0001, 0.5\]"),
+    ("loader.num_workers", 100000, r"\[0, 64\]"),
+    ("annotators.cam-pg.filter_fraction", 2.0, "filter_fraction=2.0 must be in"),
 ])
 def test_out_of_range_settings_fail_before_any_work(key, value, match, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
@@ -371,3 +391,60 @@ def test_a_read_only_folder_is_a_named_error(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # the temporary file is gone
     with pytest.raises(OSError):  # still an OSError for code that tolerates failed optional writes
         io.write_text(target, "x")
+
+
+# ------------------------------------------------------------------------ what the reviewers found
+
+
+@pytest.mark.slow
+def test_a_stage_from_the_stage_cache_gets_its_metrics_lines_and_resumes_alike(tmp_path, monkeypatch):
+    """The second method on one classifier fetches it: its metrics.jsonl still has a line per
+    epoch (training numbers from the checkpoint, validation numbers of its own maps), and a
+    kill after the fetch resumes to the same lines and result."""
+    monkeypatch.setenv("HARNESS_HOME", str(tmp_path / "home"))
+    overrides = {**OVERRIDES, "classifier.cache": True}
+    runner.execute(runner.prepare("cam", "gt-val", "synth-yto", overrides, tmp_path / "a", progress=False),
+                   progress=False)
+    whole = runner.prepare("gradcam", "gt-val", "synth-yto", overrides, tmp_path / "b", progress=False)
+    ref = runner.execute(whole, progress=False)
+    lines = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["stage"], x["epoch"]) for x in lines] == [("classifier", e) for e in (1, 2, 3)]
+    assert all("loss" in x and "val_corloc_best_tau" in x for x in lines)
+
+    killed = runner.prepare("gradcam", "gt-val", "synth-yto", overrides, tmp_path / "c", progress=False)
+    with monkeypatch.context() as m:
+        _kill_on_call(m, EvalStore, "_compute", lambda self, split, epoch, *a: split == "test")
+        with pytest.raises(Kill):
+            runner.execute(killed, progress=False)
+    _same_result(runner.execute(killed, progress=False), ref)
+    assert [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()] == lines
+
+
+@pytest.mark.slow
+def test_a_damaged_middle_checkpoint_of_a_finished_run_is_trained_again(reference, tmp_path):
+    ref_dir, ref = reference
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", OVERRIDES, tmp_path, progress=False)
+    runner.execute(run_dir, progress=False)
+    ckpt = run_dir / "checkpoints" / "0-classifier-epoch002.pt"
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the tensors
+    ckpt.write_bytes(bytes(data))
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines + lines[:1]) + "\n")  # and a duplicated line
+    _same_result(runner.execute(run_dir, progress=False), ref)
+    assert (run_dir / "checkpoints" / "0-classifier-epoch002.pt.damaged").read_bytes() == bytes(data)
+    a, b = _weights(ref_dir / "checkpoints/0-classifier-epoch002.pt"), _weights(ckpt)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics_lines(run_dir) == [("classifier", e) for e in (1, 2, 3)]
+
+
+@pytest.mark.slow
+def test_every_damaged_result_is_kept(reference, tmp_path):
+    run_dir = runner.prepare("cam", "gt-val", "synth-yto", {**OVERRIDES, "classifier.epochs": 1}, tmp_path,
+                             progress=False)
+    runner.execute(run_dir, progress=False)
+    for n, text in enumerate(["[1]", "{broken"]):
+        (run_dir / "result.json").write_text(text)
+        runner.execute(run_dir, progress=False)
+    assert (run_dir / "result.json.damaged").read_text() == "[1]"
+    assert (run_dir / "result.json.damaged-2").read_text() == "{broken"

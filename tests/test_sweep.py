@@ -168,7 +168,7 @@ def _valid_record(score=50.0):
     return {"run_id": "r", "protocol": {"name": "gt-val", "supervision": "gt"},
             "dataset": {"name": "synth-yto", "classes": ["a"]},
             "selection": {"epoch": 1, "tau": [0.5], "score": score, "epoch_chosen_by": "CorLoc on val"},
-            "metrics": {"test": {"corloc": 40.0}}}
+            "metrics": {"test": {"corloc": 40.0, "corloc_per_class": [40.0]}}}
 
 
 class _NoRun:
@@ -196,7 +196,8 @@ def _fake_sweep(tmp_path, trial_records: list[str]):
     (json.dumps({**_valid_record(), "selection": {"epoch": "one"}}), r"t1/result.json .*selection.epoch is str"),
     (json.dumps({k: v for k, v in _valid_record().items() if k != "run_id"}),
      r"t1/result.json is not a finished trial's record: no run_id; delete it and resume"),
-    (json.dumps({**_valid_record(), "metrics": {"val": {"corloc": 1.0}}}), r"no metrics.test.corloc"),
+    (json.dumps({**_valid_record(), "metrics": {"val": {"corloc": 1.0, "corloc_per_class": [1.0]}}}),
+     r"no metrics.test.corloc"),
     (json.dumps({**_valid_record(None)}), r"no selection.score"),
 ])
 def test_execute_names_a_damaged_trial_record(tmp_path, second, needle):

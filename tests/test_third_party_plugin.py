@@ -31,6 +31,12 @@ def test_list_shows_the_installed_plugin(installed_toy):
     assert out.returncode == 0, out.stderr
     line = next(l for l in out.stdout.splitlines() if "toycnn" in l)
     assert line.startswith("method") and "harness-toy-plugin 0.1.0" in line
+    assert "eigencam" in out.stdout and "plugin problems" not in out.stdout and "plugin warnings" not in out.stdout
+    # registered lazily, as the docs advise: listing imports none of the plugin's model code
+    code = ("import sys\nfrom harness.cli import main\nmain(['list'])\n"
+            "print('HEAVY', [m for m in ('torch', 'harness_toy.method') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], env=installed_toy, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stderr
 
 
 @pytest.mark.slow

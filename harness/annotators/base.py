@@ -113,9 +113,7 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
     from harness.registry import registry
 
     entry = registry().get("annotator", name)
-    if settings is None:
-        settings = default_settings(name)
-    annotator = entry.factory(dict(settings))
+    annotator = build_annotator(entry.name, settings)
     key = annotator_key(entry.name, annotator, dataset)
     folder = cache_dir(dataset, entry.name, key)
     split = dataset.split(split_name)
@@ -126,7 +124,16 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
         return PseudoBoxes(entry.name, key, split_name, cached["boxes"], cached["quality"])
     log.info("annotating %d %s frames with %s (cached under %s)", len(indices), split_name, entry.name, folder)
     ctx = Context(dataset, folder, torch.device(device), progress)
-    result = annotator.annotate(split, indices, ctx)
+    try:
+        result = annotator.annotate(split, indices, ctx)
+    except HarnessError:
+        raise
+    except Exception as exc:  # a third-party annotator may raise anything
+        raise HarnessError(f"annotator {entry.name!r} ({entry.distribution}) failed on {split_name}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(result, Annotation):
+        raise HarnessError(f"annotator {entry.name!r} ({entry.distribution}) returned a {type(result).__name__}, "
+                           f"not a harness.annotators.base.Annotation")
     if len(result.boxes) != len(indices):
         raise HarnessError(f"annotator {entry.name!r} returned {len(result.boxes)} boxes for {len(indices)} frames")
     frames = [split.frames[i] for i in indices]
@@ -148,6 +155,26 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
     log.info("%s pseudo-boxes on %s: mean IoU with GT %.2f, %.1f%% at IoU >= 0.5", entry.name, split_name,
              quality["mean_iou"], quality["corloc"])
     return PseudoBoxes(entry.name, key, split_name, boxes, quality)
+
+
+def build_annotator(name: str, settings: dict | None = None) -> Annotator:
+    """The annotator ``name`` built with ``settings`` (default: its registered ones); a factory
+    that raises or returns something else than an :class:`Annotator` is a named error."""
+    from harness.registry import registry
+
+    entry = registry().get("annotator", name)
+    settings = default_settings(name) if settings is None else settings
+    try:
+        annotator = entry.factory(dict(settings))
+    except HarnessError as exc:
+        raise HarnessError(f"annotator {entry.name!r}: {exc}") from exc
+    except Exception as exc:
+        raise HarnessError(f"annotator {entry.name!r} ({entry.distribution}) failed to build with settings "
+                           f"{dict(settings)}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(annotator, Annotator):
+        raise HarnessError(f"annotator {entry.name!r} ({entry.distribution}): its factory returned a "
+                           f"{type(annotator).__name__}, not a harness.annotators.base.Annotator")
+    return annotator
 
 
 def default_settings(name: str) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from harness.annotators.base import Annotation, Annotator, Context
@@ -79,14 +80,23 @@ def _read_json(path: Path, text: str) -> dict:
             raise HarnessError(f"{path}: frame {fid!r} needs a non-empty list of [x0, y0, x1, y1] boxes")
         if not isinstance(boxes[0], list):
             boxes = [boxes]
-        out[fid] = [_box(b, f"{path}, frame {fid!r}") for b in boxes]
+        out[fid] = [_box(b, f"{path}, frame {fid!r}", numbers=True) for b in boxes]
     return out
 
 
-def _box(values, where: str) -> tuple[int, int, int, int]:
+# A coordinate in a text file: a plain decimal number (float() would also take "1_0" as 10).
+_TEXT_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def _box(values, where: str, numbers: bool = False) -> tuple[int, int, int, int]:
+    """``numbers``: JSON, whose coordinates are numbers, not strings of digits."""
     try:
         if isinstance(values, (str, bytes)) or any(isinstance(v, bool) for v in values):
             raise TypeError  # JSON true would read as 1 and a string as its characters
+        if numbers and any(isinstance(v, str) for v in values):
+            raise TypeError
+        if any(isinstance(v, str) and not _TEXT_NUMBER.fullmatch(v) for v in values):
+            raise ValueError
         b = [float(v) for v in values]
     except (TypeError, ValueError, OverflowError):
         raise HarnessError(f"{where}: box {values!r} has non-numeric coordinates") from None

@@ -33,6 +33,7 @@ import torchvision
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
 
+from harness import io
 from harness.errors import HarnessError
 
 ARCHS = (
@@ -115,10 +116,7 @@ def _load_checkpoint(builder, arch: str, checkpoint, kwargs: dict) -> torch.nn.M
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise HarnessError(f"RPN checkpoint {path} does not exist (annotators.rpn.checkpoint)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise HarnessError(f"could not read RPN checkpoint {path}: {type(e).__name__}: {e}") from e
+    obj = io.load_tensors(path, "RPN checkpoint (annotators.rpn.checkpoint)")
     sd = _unwrap_state_dict(obj, path)
     cls = sd.get(_CLS_KEY)
     num_classes = int(cls.shape[0]) if isinstance(cls, torch.Tensor) and cls.ndim == 2 else 91

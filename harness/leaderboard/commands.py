@@ -54,6 +54,8 @@ def regenerate(root: Path) -> tuple[Path, int, list[str]]:
 def missing_folder(path: str | Path) -> Path | None:
     """The folder that writing ``path`` will create, or None when it exists; a file in the
     way is an error."""
+    if Path(path).is_dir():
+        raise HarnessError(f"cannot write {path}: it is a folder; give a file name, e.g. {Path(path) / 'index.html'}")
     folder = Path(path).parent
     for above in (folder, *folder.parents):
         if above.exists() and not above.is_dir():

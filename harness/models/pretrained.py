@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness import io
 from harness.errors import HarnessError
 
 # ---------------------------------------------------------------------------------------------
@@ -58,12 +59,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"sets {sorted(NAMED_WEIGHTS)}"
         )
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
-        raise HarnessError(
-            f"could not read checkpoint {str(path)!r} ({type(exc).__name__}: {exc}). It must be a "
-            f"file written by torch.save(model.state_dict(), path) (tensors only)"
-        ) from exc
+        obj = io.load_tensors(path, "classifier.pretrained checkpoint")
+    except HarnessError as exc:  # pickle, zip and weights_only errors all mean "not a state_dict file"
+        raise HarnessError(f"{exc}. It must be a file written by torch.save(model.state_dict(), path) "
+                           f"(tensors only)") from exc
     if isinstance(obj, Mapping):
         for key in _CONTAINER_KEYS:
             if isinstance(obj.get(key), Mapping):

@@ -1,82 +1,25 @@
 """A third-party plugin for wsol-harness: a method (a tiny CNN trained on the frame labels,
-whose class activation map is the localization map) and a CAM source (Eigen-CAM, in
-eigencam.py) that any CAM method can read the shared classifier through."""
+whose class activation map is the localization map; method.py) and a CAM source (Eigen-CAM,
+eigencam.py) that any CAM method can read the shared classifier through.
+
+This module only registers them: `lazy("module:attr")` names what is imported when a run
+builds it, so `harness list` (which loads every plugin) does not pay for torch here.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from harness.hookspecs import hookimpl
-from harness.method import Method, Prediction, Stage
 from harness.registry import Entry, lazy
-
-
-class TinyCNN(nn.Module):
-    def __init__(self, num_classes: int, width: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
-        )
-        self.head = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x):
-        feats = self.body(x)
-        return self.head(feats.mean(dim=(2, 3))), feats
-
-
-class TrainStage(Stage):
-    name = "tinycnn"
-
-    def __init__(self, model: TinyCNN, cfg):
-        self.model, self.cfg = model, cfg
-        self.epochs, self.batch_size = cfg.epochs, cfg.batch_size
-
-    def parameters(self):
-        return self.model.parameters()
-
-    def optimizer(self):
-        return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=0.9), None
-
-    def loss(self, batch):
-        logits, _ = self.model(batch["image"])
-        return F.cross_entropy(logits, batch["label"]), {}
-
-    def train_mode(self):
-        self.model.train()
-
-
-class ToyMethod(Method):
-    def __init__(self, cfg, num_classes):
-        super().__init__(cfg, num_classes)
-        self.model = TinyCNN(num_classes, cfg.toy.width)
-        self._stages = [TrainStage(self.model, cfg.toy)]
-
-    @property
-    def stages(self):
-        return self._stages
-
-    def modules(self):
-        return {"tinycnn": self.model}
-
-    def predict(self, images, classes):
-        logits, feats = self.model(images)
-        maps = torch.einsum("bk,bkhw->bhw", self.model.head.weight[classes], feats)
-        return Prediction(maps=maps, logits=logits)
 
 
 @hookimpl
 def harness_register_methods():
-    return [Entry("toycnn", ToyMethod, "Tiny 3-layer CNN + CAM (example third-party plugin)",
+    return [Entry("toycnn", lazy("harness_toy.method:ToyMethod"), "Tiny 3-layer CNN + CAM (example third-party plugin)",
                   config=Path(__file__).parent / "config.py")]
 
 
 @hookimpl
 def harness_register_cam_sources():
-    # lazy(...): the module is imported when a run builds the source, so `harness list` stays fast
     return [Entry("eigencam", lazy("harness_toy.eigencam:EigenCAM"),
                   "Eigen-CAM: first principal component of the features (example third-party source)")]
