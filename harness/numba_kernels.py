@@ -28,3 +28,25 @@ def compile_kernels(namespace: dict, names: Iterable[str], inlined: Iterable[str
             if not isinstance(fn, numba.core.dispatcher.Dispatcher):
                 options = {"inline": "always"} if name in inlined else {}
                 namespace[name] = numba.njit(cache=True, nogil=True, **options)(fn)
+
+
+def available() -> bool:
+    """Whether numba imports (the kernels' callers fall back to torch when it does not)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def lazy_compiler(namespace: dict, names: Iterable[str], inlined: Iterable[str] = ()):
+    """A function that compiles the module's kernels on its first call (see
+    :func:`compile_kernels`) and does nothing afterwards."""
+    names, inlined, done = tuple(names), tuple(inlined), []
+
+    def compile_once() -> None:
+        if not done:
+            compile_kernels(namespace, names, inlined)  # ImportError is the caller's to report
+            done.append(True)
+
+    return compile_once

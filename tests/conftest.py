@@ -55,3 +55,13 @@ def fresh_registry():
     registry.cache_clear()
     yield
     registry.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """TRITON_INTERPRET=1 for a whole test module (the kernel tests run Triton on CPU tensors);
+    use it with ``pytestmark = pytest.mark.usefixtures("triton_interpreter")``."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRITON_INTERPRET", "1")
+    yield
+    mp.undo()

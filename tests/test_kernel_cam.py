@@ -24,12 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _triton_interpreter():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 # ----------------------------------------------------------------------------- naive reference
