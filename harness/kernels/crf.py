@@ -10,53 +10,62 @@ sigma_rgb`` (sigma_xy = 100 px, sigma_rgb = 15 on the 0-255 scale), and CoLo-CAM
 3-D kernel over all pixels of the frames of a shot. The losses are ``-sum_k P_k^T W P_k``
 (:func:`dense_crf_loss`).
 
-Two methods:
+Three methods:
 
 * ``"exact"``: the dense sum, chunked over rows: ``exp(q_i . k_j)`` with ``q_i = [f_i,
   -|f_i|^2/2, 1]`` and ``k_j = [f_j, 1, -|f_j|^2/2]`` (centred features), then a matmul with P.
-  O(N^2) work, O(N) memory beyond a bounded chunk; the reference, and the fast choice below a
-  few thousand points per group. Float32 is within 3e-6 (relative Frobenius) of float64 on a
-  128x128 image; logits are floored at -80 (exp(-80) ~ 1e-35), which keeps float32 out of
-  denormals (2.5x faster on CPU).
-* ``"grid"``: a bilateral grid, O(N + grid cells): splat the values onto a regular grid over
-  feature space with multilinear weights, blur with a separable Gaussian along each grid axis,
-  slice back with the same weights. What makes it accurate (measured on skimage's astronaut,
-  chelsea and coffee at 64-224 px against the exact path; see ``tests/test_kernel_crf.py`` and
-  ``benchmarks/crf_speed.py``):
+  O(N^2) work, O(N) memory beyond a bounded chunk: the reference. Float32 is within 3e-6
+  (relative Frobenius) of float64 on a 128x128 image; logits are floored at -80, which keeps
+  float32 out of denormals (2.5x faster on CPU).
+* ``"grid"``: a bilateral grid, O(N + grid nodes): splat the values onto a regular grid over
+  feature space, blur with a separable Gaussian along each grid axis, slice back with the
+  splat's weights. Within 2% of exact on every case of ``tests/test_crf_accuracy_grid.py``
+  (12 skimage images including grey, dark and flat-colour ones, 64-224 px, both kernels,
+  smooth and CAM-like P; worst 0.8% at the default cell 0.6). What makes it accurate:
 
-  - *variance compensation*: a linear splat and a linear slice each add on average 1/6 cell^2
-    of variance per axis, so the blur uses ``sigma_g^2 = (1/c)^2 - 1/3`` (cells^2, cell ``c``
-    in sigma units) while the result is scaled by the *target* Gaussian's integral
-    ``sqrt(2 pi) / c`` per axis (the discrete blur kernel is normalized to sum 1 over
-    ``+-3 sigma_g``, then cut to the grid's extent; normalizing after the cut is wrong on short
-    axes). Truncating at 3 sigma_g is as accurate as 4 (measured) and 25% cheaper;
-  - *grid offset*: each group's grid is placed so that its smallest feature lies at sub-cell
-    offset ``f0 = (1 - sqrt(1/3)) / 2`` (where ``f0 (1 - f0) = 1/6``): many pixels of one
-    saturated colour (0 or 255) then get the average splat variance instead of none
-    (astronaut, colour-only, cell 0.5: 6.5% error without it, 1.1% with it);
+  - *quadratic B-spline splat and slice* (3 nodes per axis, weights ``(1/2 - t)^2 / 2``,
+    ``3/4 - t^2``, ``(1/2 + t)^2 / 2`` for ``t`` in [-1/2, 1/2) from the nearest node): they
+    keep each point's position (mean) and add a variance of exactly 1/4 cell^2 wherever the
+    point falls, so the blur's variance ``(1/c)^2 - 1/2`` (cells^2, cell ``c`` in sigma units)
+    compensates them exactly. A multilinear splat adds ``t (1 - t)``: 0 on a node, 1/4
+    mid-cell. On grey images (r = g = b) and flat colours many pixels share one sub-cell
+    position, and the error no longer averages out (the linear grid reached 2.5-5% on camera,
+    brick, hubble_deep_field and logo);
+  - the blur taps reach 4 sigma_g and are scaled to the target Gaussian's integral
+    ``sqrt(2 pi) / c`` per axis (3 sigma_g left a 0.3-0.5% error floor at fine cells);
   - *low-rank smooth axes*: an axis whose range is short in sigma units (the spatial axes of
     the 5-D kernel: 224 px / sigma_xy 100 = 2.2 sigma) is not gridded. Its Gaussian becomes a
     rank-r expansion ``exp(-(x - y)^2 / 2) ~= sum_r psi_r(x) psi_r(y)`` (eigenvectors of the
     kernel on 16 Chebyshev nodes over the group's range, interpolated with Chebyshev
-    polynomials), products of the smooth axes' terms are kept while their eigenvalue ratio is
-    >= ``lowrank_tol`` (1e-3: Q = 13 products at 224 px, 8 at 128 px), and the grid over the
-    remaining axes filters the Q products ``psi_q * P`` at once (Q * K channels). For the 5-D
-    kernel this replaces a 7 x 7 spatial grid (32 corners, 5 blurred axes) and is more accurate
-    (1.1% vs 1.8% on astronaut 128 px) and faster on CPU (about 1.3x with numba, more with
-    the torch path). ``smooth_axes=()`` gives the plain grid.
+    polynomials); products of the smooth axes' terms are kept while their eigenvalue ratio is
+    >= ``lowrank_tol`` (1e-2: Q = 8 products at 224 px, 3 at 64 px), and the grid over the
+    other axes filters the Q products ``psi_q * P`` at once (Q * K channels). ``smooth_axes=()``
+    gives the plain grid.
 
-  At the default cell 0.5: 0.9-1.5% relative Frobenius error vs exact on those images, both
-  kernels (the error grows about as cell^2); a colour grid of ~36^3 nodes per group. The
-  grid operator is ``S B S^T`` (``S``: slice weights, ``B``: symmetric blur; with smooth axes a
-  sum of ``D_q S B S^T D_q``), symmetric like W, so its exact gradient is the same filter
-  applied to the incoming gradient.
+  The grid operator is ``S B S^T`` (``S``: slice weights, ``B``: symmetric blur; with smooth
+  axes a sum of ``D_q S B S^T D_q``), symmetric like W, so its exact gradient is the same
+  filter applied to the incoming gradient.
+* ``"lattice"``: the classic permutohedral lattice of Adams, Baek and Davis (2010), our own
+  implementation in :mod:`harness.kernels.lattice`, the operator the authors' code uses. It is
+  not the Gaussian sum: its W.P is about 0.5-0.9x exact with a few percent shape error (see
+  that module), which is why the losses offer it as a *scale* (``losses.crf.scale=lattice``:
+  a weight from the authors' code then means what it meant there), never as an approximation.
+
+``method="auto"`` (the losses' default) picks the fastest method within 2% of exact, from the
+crossovers measured with ``benchmarks/crf_speed.py --crossover``: exact while a group has at
+most ``AUTO_EXACT_POINTS`` points (256: a 16x16 frame), the grid above. When the grid would need
+more than ``budget`` bytes (a small sigma: the grid grows as (range / sigma)^3, 1 GiB per group at
+sigma_rgb = 1), auto takes exact while ``B * N^2 <= AUTO_EXACT_FALLBACK_PAIRS``, else the lattice
+(memory grows with the points, not with 1/sigma^3) and warns once that its scale differs. An
+explicit method that cannot fit its budget raises :class:`HarnessError` naming what it needs.
 
 Grid backends (``backend=``): ``"cpu"`` (numba kernels in ``_crf_numba.py``, on a small thread
 pool; CPU tensors), ``"triton"`` (``_crf_triton.py``: splat with atomic adds and slice in
 Triton, blur as batched matmuls; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
 ``"torch"`` (``index_add_`` / gather / matmul; any device, the readable reference of the other
 two). ``"auto"``: triton on CUDA when Triton imports, cpu on CPU when numba imports, torch
-otherwise. Triton and numba are imported only when their path runs.
+otherwise. The lattice has the same three backends. Triton and numba are imported only when
+their path runs.
 
 Groups: features ``(B, N, d)`` hold B independent groups of N points each; the frames of a shot
 are one group (concatenate their pixels: the colour-only kernel ignores layout). Groups of
@@ -67,15 +76,18 @@ each group gets its own grid, placed at its own minimum, and its own smooth-axis
 group gives the same result in a batch as alone (up to float rounding) unless the choice of
 smooth axes differs between the two calls (only when groups' feature ranges differ widely).
 
-Results have the values' dtype (float32 or float64); grid coordinates are computed from the
-features in float32 (the Triton kernels also form the corner weights in float32). Errors in the
-inputs raise :class:`harness.errors.HarnessError`.
+Checked input: NaN or inf in the features or the values raise :class:`HarnessError`, and so do
+images outside the 0-255 scale the sigmas are defined on (in [0, 1], or normalized with a mean
+and std) in :func:`crf_features`. Results have the values' dtype (float32 or float64); grid
+coordinates are computed from the features in float32 (the Triton kernels also form the
+weights in float32).
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -83,30 +95,31 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.kernels._backends import BACKENDS as _BACKENDS, TritonUnavailableError, resolve_backend
 
 __all__ = ["gaussian_filter", "crf_features", "dense_crf_loss", "TritonUnavailableError", "triton_available",
            "numba_available"]
 
-Method = Literal["auto", "exact", "grid"]
+Method = Literal["auto", "exact", "grid", "lattice"]
 Backend = Literal["auto", "torch", "triton", "cpu"]
-_METHODS = ("auto", "exact", "grid")
-_BACKENDS = ("auto", "torch", "triton", "cpu")
+_METHODS = ("auto", "exact", "grid", "lattice")
 
 MAX_DIM = 5
-DEFAULT_CELL = 0.5  # grid cell in sigma units (see the module docstring for the error it gives)
-GRID_OFFSET = (1.0 - math.sqrt(1.0 / 3.0)) / 2.0  # f0 with f0 (1 - f0) = 1/6
-BLUR_TRUNCATE = 3.0  # blur taps reach this many sigma_g (4 is no more accurate, and slower)
-AUTO_EXACT_PAIRS = 4096 * 4096  # method="auto" is exact while B * N^2 stays below this
+DEFAULT_CELL = 0.6  # grid cell in sigma units (see the module docstring for the error it gives)
+GRID_MARGIN = 1.0  # a group's smallest feature sits this many cells past the grid's first node
+SPLAT_VARIANCE = 0.25  # cells^2 a quadratic B-spline splat (or slice) adds, wherever the point is
+BLUR_TRUNCATE = 4.0  # blur taps reach this many sigma_g (3 leaves a 0.3-0.5% error floor at fine cells)
+DEFAULT_BUDGET = 512 * 2 ** 20  # bytes: no method allocates more than this for its working memory
+# method="auto" (measured with benchmarks/crf_speed.py --crossover, see the module docstring):
+AUTO_EXACT_POINTS = 256  # exact while a group has at most this many points (grid faster above)
+AUTO_EXACT_FALLBACK_PAIRS = 1 << 30  # grid over budget: exact while B * N^2 stays below this
 SMOOTH_RANGE = 4.0  # axes whose range (sigma units) is at most this get the low-rank expansion
-LOWRANK_TOL = 1e-3  # keep products of smooth-axis terms whose eigenvalue ratio is >= this
+LOWRANK_TOL = 1e-2  # keep products of smooth-axis terms whose eigenvalue ratio is >= this
 MAX_LOWRANK_TERMS = 32  # at most this many products (smooth axes are added while it holds)
 _CHEB_NODES = 16
 _EXACT_CHUNK_ELEMENTS = 1 << 23  # (rows x N) logits per chunk of the exact path (32 MiB fp32)
-_GRID_CHUNK_ELEMENTS = 1 << 25  # grid elements (cells x channels) filtered per batch of groups
-
-
-class TritonUnavailableError(HarnessError):
-    """``backend="triton"`` was asked for but cannot run here."""
+_GRID_COPIES = 3  # a group's grid is held about this many times at once (grid, blur buffer, a
+# second thread's private grid)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -141,9 +154,9 @@ def _check_cell(cell, d: int) -> tuple[float, ...]:
     if len(cells) != d:
         raise HarnessError(f"cell has {len(cells)} entries for {d} feature dimensions")
     for c in cells:
-        # the blur's variance (1/c)^2 - 1/3 must stay positive, with some room
-        if not 0.05 <= c <= 1.5:
-            raise HarnessError(f"cell={c} (sigma units) is out of range: use 0.05 to 1.5 (default {DEFAULT_CELL})")
+        # the blur's variance (1/c)^2 - 1/2 must stay positive, with some room
+        if not 0.05 <= c <= 1.2:
+            raise HarnessError(f"cell={c} (sigma units) is out of range: use 0.05 to 1.2 (default {DEFAULT_CELL})")
     return cells
 
 
@@ -263,6 +276,7 @@ class _GridPlan:
     inv_cell: torch.Tensor | None = None  # (dg,) float32
     dims: tuple[int, ...] = ()  # grid nodes per axis (the largest extent of any group)
     taps: list = field(default_factory=list)  # per grid axis: (2R+1,) float64, scale folded in
+    budget: int = DEFAULT_BUDGET  # bytes of working memory per batch of groups
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -276,14 +290,20 @@ class _GridPlan:
     def cells(self) -> int:
         return int(np.prod(self.dims)) if self.dims else 0
 
+    def group_bytes(self, K: int, itemsize: int) -> int:
+        """Working memory of one group's filter with K value channels (grid copies and the
+        basis-expanded values)."""
+        Q = self.basis.shape[2] if self.basis is not None else 1
+        N = self.basis.shape[1] if self.basis is not None else self.gfeat.shape[1]
+        return (_GRID_COPIES * self.cells + (3 * N if self.basis is not None else 0)) * Q * K * itemsize
+
     def apply(self, values: torch.Tensor) -> torch.Tensor:
         """(B, N, K) -> (B, N, K): the approximate W applied to each group's values."""
         B, N, K = values.shape
         if not self.grid_axes:  # every axis low-rank: W = Psi Psi^T
             psi = self.basis.to(values.dtype)
             return psi @ (psi.transpose(1, 2) @ values)
-        channels = K * (self.basis.shape[2] if self.basis is not None else 1)
-        step = max(1, _GRID_CHUNK_ELEMENTS // max(1, self.cells * channels))  # groups per grid batch
+        step = max(1, self.budget // max(1, self.group_bytes(K, values.element_size())))  # groups per batch
         if step >= B:
             return self._apply_groups(slice(0, B), values)
         return torch.cat([self._apply_groups(slice(b, b + step), values[b:b + step]) for b in range(0, B, step)])
@@ -297,7 +317,7 @@ class _GridPlan:
             from harness.kernels import _crf_numba as nb
 
             dims = np.asarray(self.dims, np.int64)
-            args = (feat.numpy(), lo.numpy(), self.inv_cell.numpy(), GRID_OFFSET, dims,
+            args = (feat.numpy(), lo.numpy(), self.inv_cell.numpy(), GRID_MARGIN, dims,
                     np.asarray(self.strides, np.int64))
             vals = values.detach().numpy()
             bas = None if basis is None else basis.to(values.dtype).numpy()
@@ -311,14 +331,14 @@ class _GridPlan:
             values = (psi[:, :, :, None] * values[:, :, None, :]).reshape(B, N, -1)
         if self.backend == "triton":
             mod = _import_triton()[0]
-            grid = mod.splat(feat, lo, self.inv_cell, GRID_OFFSET, self.dims, self.strides, values)
+            grid = mod.splat(feat, lo, self.inv_cell, GRID_MARGIN, self.dims, self.strides, values)
             grid = _blur_torch(grid, self.dims, self._toeplitz(values))
-            out = mod.slice_(feat, lo, self.inv_cell, GRID_OFFSET, self.dims, self.strides, grid)
+            out = mod.slice_(feat, lo, self.inv_cell, GRID_MARGIN, self.dims, self.strides, grid)
         else:
-            base, frac = _coords_torch(feat, lo, self.inv_cell, self.dims, self.strides)
-            grid = _splat_torch(base, frac, self.strides, self.cells, values)
+            base, weights = _coords_torch(feat, lo, self.inv_cell, self.dims, self.strides, values.dtype)
+            grid = _splat_torch(base, weights, self.strides, self.cells, values)
             grid = _blur_torch(grid, self.dims, self._toeplitz(values))
-            out = _slice_torch(base, frac, self.strides, grid)
+            out = _slice_torch(base, weights, self.strides, grid)
         if basis is not None:
             out = (out.view(B, N, -1, K) * psi[:, :, :, None]).sum(2)
         return out
@@ -376,22 +396,23 @@ def _make_grid_plan(features: torch.Tensor, backend: str, cell, smooth, lowrank_
     if grid_axes:
         ga = list(grid_axes)
         every = ga == list(range(d))
-        plan.gfeat = feat if every else feat[:, :, ga].contiguous()
+        run = ga == list(range(ga[0], ga[-1] + 1))  # e.g. (2, 3, 4): a strided copy, not a gather
+        plan.gfeat = feat if every else (feat[:, :, ga[0]:ga[-1] + 1] if run else feat[:, :, ga]).contiguous()
         plan.lo = lo_all if every else lo_all[:, ga].contiguous()
         plan.inv_cell = torch.tensor([1.0 / cells[a] for a in ga], dtype=torch.float32, device=feat.device)
         # the extent: the largest grid coordinate of any group, in float32 as the kernels compute it
-        umax = (hi_all[:, ga] - plan.lo) * plan.inv_cell + GRID_OFFSET
-        plan.dims = tuple(int(math.floor(u)) + 2 for u in umax.amax(dim=0).tolist())
+        umax = (hi_all[:, ga] - plan.lo) * plan.inv_cell + GRID_MARGIN
+        plan.dims = tuple(int(math.floor(u + 0.5)) + 2 for u in umax.amax(dim=0).tolist())
         plan.taps = [_blur_taps(cells[a], n) for a, n in zip(ga, plan.dims)]
     return plan
 
 
 def _blur_taps(c: float, n: int) -> np.ndarray:
     """Taps of the blur along a grid axis of n nodes with cell c (sigma units): a Gaussian of
-    variance (1/c)^2 - 1/3 cells^2 (linear splat and slice add 1/6 + 1/6 on average), normalized
+    variance (1/c)^2 - 1/2 cells^2 (the B-spline splat and slice add 1/4 each), normalized
     to sum 1 over +-BLUR_TRUNCATE sigma_g, truncated to the grid (|t| <= n - 1), and scaled by
     the target Gaussian's integral sqrt(2 pi) / c."""
-    var = 1.0 / c ** 2 - 1.0 / 3.0
+    var = 1.0 / c ** 2 - 2.0 * SPLAT_VARIANCE
     R = int(math.ceil(BLUR_TRUNCATE * math.sqrt(var)))
     t = np.arange(-R, R + 1)
     g = np.exp(-0.5 * t ** 2 / var)
@@ -445,35 +466,35 @@ def _lowrank_basis(feat, lo_all, hi_all, axes, terms, coefs, backend, dtype) -> 
 # ----------------------------------------------------------------------------- torch grid path
 
 
-def _coords_torch(feat, lo, inv_cell, dims, strides):
-    """Lower-node cell index (B, N) int64 and fractions (B, N, dg), as the kernels compute them."""
-    u = (feat - lo[:, None, :]) * inv_cell + GRID_OFFSET
-    hi = torch.tensor([n - 2 for n in dims], device=feat.device, dtype=torch.float32)
-    i0 = torch.minimum(torch.clamp(torch.floor(u), min=0.0), hi)
-    frac = u - i0
+def _coords_torch(feat, lo, inv_cell, dims, strides, dtype=torch.float32):
+    """First-node index (B, N) int64 and the quadratic B-spline weights (B, N, dg, 3) of nodes
+    e, e + 1, e + 2 per axis, as the kernels compute them: coordinates in float32, weights in
+    ``dtype`` (the values')."""
+    u = (feat - lo[:, None, :]) * inv_cell + GRID_MARGIN
+    hi = torch.tensor([n - 3 for n in dims], device=feat.device, dtype=torch.float32)
+    e = torch.minimum(torch.clamp(torch.floor(u + 0.5) - 1.0, min=0.0), hi)
+    t = (u - e - 1.0).to(dtype)
+    weights = torch.stack([0.5 * (0.5 - t) * (0.5 - t), 0.75 - t * t, 0.5 * (0.5 + t) * (0.5 + t)], -1)
     st = torch.tensor(strides, device=feat.device, dtype=torch.int64)
-    base = (i0.long() * st).sum(-1)
-    return base, frac
+    return (e.long() * st).sum(-1), weights
 
 
-def _corners(base, frac, strides):
-    """Yield (cell index (B, N), weight (B, N)) for each of the 2^dg corners."""
-    dg = frac.shape[-1]
-    for bits in itertools.product((0, 1), repeat=dg):
-        idx = base + sum(s for s, bit in zip(strides, bits) if bit)
-        w = None
-        for a, bit in enumerate(bits):
-            wa = frac[..., a] if bit else 1.0 - frac[..., a]
-            w = wa if w is None else w * wa
+def _corners(base, weights, strides):
+    """Yield (node index (B, N), weight (B, N)) for each of a point's 3^dg nodes."""
+    dg = weights.shape[2]
+    for steps in itertools.product((0, 1, 2), repeat=dg):
+        idx = base + sum(s * k for s, k in zip(strides, steps))
+        w = weights[:, :, 0, steps[0]]
+        for a in range(1, dg):
+            w = w * weights[:, :, a, steps[a]]
         yield idx, w
 
 
-def _splat_torch(base, frac, strides, cells, values):
+def _splat_torch(base, weights, strides, cells, values):
     B, N, C = values.shape
     grid = values.new_zeros((B * cells, C))
     offset = (torch.arange(B, device=values.device) * cells)[:, None]
-    frac = frac.to(values.dtype)
-    for idx, w in _corners(base, frac, strides):
+    for idx, w in _corners(base, weights, strides):
         grid.index_add_(0, (idx + offset).reshape(-1), (w[..., None] * values).reshape(-1, C))
     return grid.view(B, cells, C)
 
@@ -490,13 +511,12 @@ def _blur_torch(grid, dims, toeplitz):
     return g.view(B, cells, C)
 
 
-def _slice_torch(base, frac, strides, grid):
+def _slice_torch(base, weights, strides, grid):
     B, cells, C = grid.shape
     flat = grid.reshape(B * cells, C)
     offset = (torch.arange(B, device=grid.device) * cells)[:, None]
-    frac = frac.to(grid.dtype)
     out = None
-    for idx, w in _corners(base, frac, strides):
+    for idx, w in _corners(base, weights, strides):
         term = w[..., None] * flat[(idx + offset)]
         out = term if out is None else out.add_(term)
     return out
@@ -521,44 +541,77 @@ def _numba_available() -> bool:
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in _BACKENDS:
-        raise HarnessError(f"backend={backend!r}: use one of {_BACKENDS}")
-    if backend == "auto":
-        if device.type == "cuda" and _import_triton()[0] is not None:
-            return "triton"
-        if device.type == "cpu" and _numba_available():
-            return "cpu"
-        return "torch"
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise HarnessError(f"backend='cpu' needs CPU tensors (got {device}); use 'auto', 'torch' or 'triton'")
-        if not _numba_available():
-            raise HarnessError("backend='cpu' needs numba (pip install numba); use backend='torch'")
-    if backend == "triton":
-        mod, why = _import_triton()
-        if mod is None:
-            raise TritonUnavailableError(f"backend='triton' but Triton cannot be imported ({why}); install it "
-                                         f"(pip install 'wsol-harness[gpu]') or use backend='torch'")
-        if device.type != "cuda" and not mod.interpreting():
-            raise TritonUnavailableError(f"backend='triton' needs CUDA tensors (got {device}); set TRITON_INTERPRET=1 "
-                                         f"before the first Triton call to run the kernels on CPU with Triton's "
-                                         f"interpreter")
-    return backend
+    return resolve_backend(backend, device, _import_triton, lambda: _numba_available())
 
 
-def _make_plan(features, values_shape, method, cell, backend, smooth_axes, lowrank_tol):
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:,.0f} MiB"
+
+
+def _check_budget(budget) -> int:
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget < 2 ** 20:
+        raise HarnessError(f"budget={budget!r}: give the working-memory limit in bytes, at least 1 MiB "
+                           f"(default {DEFAULT_BUDGET} = {_mib(DEFAULT_BUDGET)})")
+    return int(budget)
+
+
+def _check_finite(t: torch.Tensor, what: str, plan) -> None:
+    if getattr(plan, "backend", None) == "cpu" and t.is_contiguous():  # numba is in use anyway
+        from harness.kernels import _crf_numba as nb
+
+        finite = nb.all_finite(t.detach().numpy())
+    else:
+        finite = bool(torch.isfinite(t).all())
+    if not finite:
+        bad = int((~torch.isfinite(t)).sum())
+        raise HarnessError(f"{what} contain NaN or inf ({bad} of {t.numel()} values): the CRF cannot use them; "
+                           f"check the model's output (a diverged step, a log of 0) before the loss")
+
+
+_lattice_fallback_warned = False
+
+
+def _lattice_plan(features, backend, budget, why: str | None = None):
+    from harness.kernels import lattice
+
+    if why is not None:  # auto moved here from the grid: say so once, it changes the operator's scale
+        global _lattice_fallback_warned
+        if not _lattice_fallback_warned:
+            _lattice_fallback_warned = True
+            warnings.warn(f"dense CRF: {why}; using the permutohedral lattice instead, whose W.P is about 0.5-0.9x "
+                          f"the exact one (pass a larger sigma, fewer points per group or a larger budget to stay "
+                          f"within 2% of exact)", stacklevel=4)
+    return lattice.make_lattice_plan(features, backend, budget_bytes=budget)
+
+
+def _make_plan(features, values, method, cell, backend, smooth_axes, lowrank_tol, budget):
+    """The filter for these features: exact, grid or lattice (``method="auto"``: see the module
+    docstring). Checks the budget before anything big is allocated."""
     if method not in _METHODS:
         raise HarnessError(f"method={method!r}: use one of {_METHODS}")
+    if backend not in _BACKENDS:
+        raise HarnessError(f"backend={backend!r}: use one of {_BACKENDS}")
+    budget = _check_budget(budget)
     B, N, _ = features.shape
-    if method == "auto":
-        method = "exact" if B * N * N <= AUTO_EXACT_PAIRS else "grid"
-    if method == "exact":
-        if backend not in _BACKENDS:
-            raise HarnessError(f"backend={backend!r}: use one of {_BACKENDS}")
+    K, itemsize = values.shape[2], values.element_size()
+    if method == "lattice":
+        return _lattice_plan(features, backend, budget)
+    if method == "exact" or (method == "auto" and N <= AUTO_EXACT_POINTS):
         if not bool(torch.isfinite(features).all()):
             raise HarnessError("features contain NaN or inf (check the images and the sigmas)")
         return _ExactPlan(features.detach())
-    return _make_grid_plan(features, _resolve_backend(backend, features.device), cell, smooth_axes, lowrank_tol)
+    plan = _make_grid_plan(features, _resolve_backend(backend, features.device), cell, smooth_axes, lowrank_tol)
+    plan.budget = budget
+    if not plan.grid_axes or plan.group_bytes(K, itemsize) <= budget:
+        return plan
+    why = (f"one group's bilateral grid needs {_mib(plan.group_bytes(K, itemsize))} ({plan.cells:,} nodes of "
+           f"{plan.dims}, cell {cell}) but the budget is {_mib(budget)}")
+    if method == "grid":
+        raise HarnessError(f"method='grid': {why}. The grid grows as (feature range / sigma)^3: use a larger sigma, "
+                           f"method='auto' or 'lattice' (memory grows with the points), or a larger budget=")
+    if B * N * N <= AUTO_EXACT_FALLBACK_PAIRS:
+        return _ExactPlan(features.detach())
+    return _lattice_plan(features, backend, budget, why)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -578,7 +631,9 @@ class _FilterFn(torch.autograd.Function):
 
 
 class _CRFLossFn(torch.autograd.Function):
-    """``-scale * sum(P * W P)`` with the gradient ``-2 scale W P`` from the forward's W P.
+    """``-scale * sum(P * W P)`` with the gradient ``-2 scale W P`` from the forward's W P (for
+    the lattice, which is symmetric only to about 1e-3, this is the gradient the authors' code
+    and Tang et al.'s loss use).
 
     On the numba path the dot product and the gradient's scaling run in numba as well: on a
     busy 2-core machine each of torch's parallel elementwise ops can stall for milliseconds in
@@ -589,7 +644,7 @@ class _CRFLossFn(torch.autograd.Function):
         wp = plan.apply(probs)
         ctx.save_for_backward(wp)
         ctx.scale = scale
-        ctx.numba = isinstance(plan, _GridPlan) and plan.backend == "cpu"
+        ctx.numba = getattr(plan, "backend", None) == "cpu"
         if ctx.numba:
             from harness.kernels import _crf_numba as nb
 
@@ -612,13 +667,17 @@ class _CRFLossFn(torch.autograd.Function):
 
 def gaussian_filter(features: torch.Tensor, values: torch.Tensor, *, method: Method = "auto",
                     cell: float | Sequence[float] = DEFAULT_CELL, backend: Backend = "auto",
-                    smooth_axes: str | Sequence[int] = "auto", lowrank_tol: float = LOWRANK_TOL) -> torch.Tensor:
+                    smooth_axes: str | Sequence[int] = "auto", lowrank_tol: float = LOWRANK_TOL,
+                    budget: int = DEFAULT_BUDGET) -> torch.Tensor:
     """``(W P)_i = sum_j exp(-|f_i - f_j|^2 / 2) P_j`` per group: (B, N, d), (B, N, K) -> (B, N, K).
 
-    ``method``: ``"exact"``, ``"grid"`` (bilateral grid, ~1% error at the default cell), or
-    ``"auto"`` (exact while ``B * N^2 <= 4096^2``). ``cell``: the grid cell in sigma units,
-    one for all axes or one per feature axis (the error grows as cell^2; 0.5 gives ~1.1%).
-    ``backend`` (grid only): ``"auto"``, ``"cpu"`` (numba), ``"triton"`` (CUDA), ``"torch"``.
+    ``method``: ``"exact"``, ``"grid"`` (B-spline bilateral grid, at most 2% from exact at the
+    default cell), ``"lattice"`` (the classic permutohedral lattice: the papers' operator, about
+    0.5-0.9x exact), or ``"auto"`` (exact up to 256 points per group, the grid above, see the
+    module docstring). ``cell``: the grid cell in sigma units, one for all axes or one per
+    feature axis. ``backend`` (grid and lattice): ``"auto"``, ``"cpu"`` (numba), ``"triton"``
+    (CUDA), ``"torch"``. ``budget``: bytes of working memory no method exceeds (auto moves on,
+    an explicit method raises).
     ``smooth_axes``: feature axes handled by a low-rank expansion instead of the grid
     (``"auto"``: those spanning at most 4 sigma, e.g. the spatial axes of the 5-D kernel; ``()``
     for a plain grid over every axis); ``lowrank_tol``: the eigenvalue ratio below which
@@ -632,7 +691,10 @@ def gaussian_filter(features: torch.Tensor, values: torch.Tensor, *, method: Met
         return values.new_zeros(values.shape)
     if not 0 < lowrank_tol < 1:
         raise HarnessError(f"lowrank_tol={lowrank_tol}: use a number in (0, 1), e.g. {LOWRANK_TOL}")
-    plan = _make_plan(features, values.shape, method, cell, backend, smooth_axes, lowrank_tol)
+    plan = _make_plan(features, values, method, cell, backend, smooth_axes, lowrank_tol, budget)
+    _check_finite(values, "values", plan)
+    if not isinstance(plan, (_ExactPlan, _GridPlan)):  # the lattice: its own autograd, exact transpose
+        return plan.apply(values)
     return _FilterFn.apply(plan, values.contiguous())
 
 
@@ -647,6 +709,7 @@ def crf_features(images: torch.Tensor, sigma_rgb: float = 15.0, sigma_xy: float 
         raise HarnessError(f"images must be a (B, 3, H, W) tensor in [0, 255], got {shape}")
     if not sigma_rgb > 0 or (sigma_xy is not None and not sigma_xy > 0):
         raise HarnessError(f"sigmas must be positive, got sigma_rgb={sigma_rgb}, sigma_xy={sigma_xy}")
+    _check_image_range(images)
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     B, _, H, W = images.shape
     rgb = images.to(dtype).permute(0, 2, 3, 1).reshape(B, H * W, 3) / sigma_rgb
@@ -658,9 +721,29 @@ def crf_features(images: torch.Tensor, sigma_rgb: float = 15.0, sigma_xy: float 
     return torch.cat([xy.expand(B, H * W, 2), rgb], -1).contiguous()
 
 
+def _check_image_range(images: torch.Tensor) -> None:
+    """The sigmas are in 0-255 units: images in [0, 1], or normalized with a mean and std, would
+    make every pixel look alike (sigma_rgb 15 would span the whole colour range)."""
+    if images.numel() == 0:
+        return
+    lo, hi = (float(x) for x in torch.aminmax(images.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise HarnessError("images contain NaN or inf: the CRF needs the frames in [0, 255]")
+    if lo < 0 and hi <= 4.0:
+        raise HarnessError(f"images lie in [{lo:.3g}, {hi:.3g}]: they look normalized with a mean and std, but the "
+                           f"CRF needs the frames in [0, 255] (sigma_rgb is in those units); pass the un-normalized "
+                           f"frames")
+    if lo < -64 or hi > 320:  # resampling may overshoot [0, 255] a little, not this much
+        raise HarnessError(f"images lie in [{lo:.4g}, {hi:.4g}]: the CRF needs the frames in [0, 255]")
+    if hi <= 1.0 and bool((images != images.round()).any()):
+        raise HarnessError(f"images lie in [0, {hi:.3g}]: the CRF needs the frames in [0, 255] (sigma_rgb is in those "
+                           f"units; in [0, 1] every pixel would look alike). Multiply by 255")
+
+
 def dense_crf_loss(probs: torch.Tensor, features: torch.Tensor, weight: float = 1.0, *, normalize: bool = True,
                    method: Method = "auto", cell: float | Sequence[float] = DEFAULT_CELL, backend: Backend = "auto",
-                   smooth_axes: str | Sequence[int] = "auto", lowrank_tol: float = LOWRANK_TOL) -> torch.Tensor:
+                   smooth_axes: str | Sequence[int] = "auto", lowrank_tol: float = LOWRANK_TOL,
+                   budget: int = DEFAULT_BUDGET) -> torch.Tensor:
     """Tang et al.'s dense CRF loss ``-weight * sum_b sum_k P_bk^T W_b P_bk / B`` (scalar).
 
     ``probs`` (B, N, K) (or (B, K, H, W), taken as N = H*W row-major pixels), ``features``
@@ -679,7 +762,8 @@ def dense_crf_loss(probs: torch.Tensor, features: torch.Tensor, weight: float = 
     B = probs.shape[0]
     if probs.numel() == 0:
         return probs.sum() * 0.0
-    plan = _make_plan(features, probs.shape, method, cell, backend, smooth_axes, lowrank_tol)
+    plan = _make_plan(features, probs, method, cell, backend, smooth_axes, lowrank_tol, budget)
+    _check_finite(probs, "probs", plan)
     scale = float(weight) / (B if normalize else 1)
     return _CRFLossFn.apply(plan, probs.contiguous(), scale)
 
