@@ -211,3 +211,54 @@ def test_extended_log_barrier_values_and_continuity():
     p = torch.full((1, 2, 4, 4), 0.5, requires_grad=True)
     s(p, 1).backward()
     assert (p.grad < 0).all()
+
+
+def _frames_and_probs(b=2, size=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randint(0, 256, (b, 3, size, size), generator=g).float()
+    frames = torch.nn.functional.avg_pool2d(frames, 5, 1, 2, count_include_pad=False)  # some colour structure
+    p1 = torch.rand(b, 1, size, size, generator=g)
+    return frames, torch.cat([1 - p1, p1], 1)
+
+
+def test_crf_scale_lattice_runs_the_authors_operator():
+    """scale='lattice': the term is -w * sum P^T L P / B with L the permutohedral lattice (what the
+    authors' weight was tuned on); scale='exact': the Gaussian sum. Their ratio is the lattice's
+    documented scale (docs/fcam-family.md)."""
+    from harness.fcam.losses import DenseCRF
+    from harness.kernels.crf import crf_features, dense_crf_loss
+
+    frames, probs = _frames_and_probs()
+    values = probs.permute(0, 2, 3, 1).reshape(2, -1, 2)
+    feats = crf_features(frames, 15.0, 100.0)
+    lat = DenseCRF(weight=1.0, reference_pixels=None, scale="lattice")(probs, frames)
+    torch.testing.assert_close(lat, dense_crf_loss(values, feats, 1.0, method="lattice"))
+    exact = DenseCRF(weight=1.0, reference_pixels=None, method="exact")(probs, frames)
+    torch.testing.assert_close(exact, dense_crf_loss(values, feats, 1.0, method="exact"))
+    assert 0.3 < float(lat / exact) < 0.9
+
+
+def test_crf_scale_settings_are_checked_when_built():
+    from harness.fcam.losses import ColorCoLoc, DenseCRF
+
+    with pytest.raises(HarnessError, match="scale='approx'.*'exact'.*'lattice'"):
+        DenseCRF(scale="approx")
+    with pytest.raises(HarnessError, match="method='grid' asks for another filter"):
+        DenseCRF(scale="lattice", method="grid")
+    with pytest.raises(HarnessError, match="set scale='lattice'"):
+        ColorCoLoc(method="lattice")
+    assert ColorCoLoc(scale="lattice").scale == "lattice"
+
+
+def test_code_configs_use_the_lattice_scale_and_paper_configs_exact():
+    from harness import config as config_mod
+    from harness.registry import registry
+
+    papers = config_mod.__file__.rsplit("/", 1)[0] + "/configs/papers"
+    for name, terms in (("fcam_code", ["crf"]), ("tcam_code", ["crf"]), ("colocam_code", ["crf", "coloc"])):
+        losses = config_mod.read_file(f"{papers}/{name}.py")["method"]["losses"]
+        assert all(losses[t]["scale"] == "lattice" for t in terms), name
+    reg = registry()
+    for plugin in ("fcam", "tcam", "colocam"):
+        losses = config_mod.read_file(reg.get("method", plugin).config)["method"]["losses"]
+        assert losses["crf"]["scale"] == "exact"

@@ -15,9 +15,9 @@ method = dict(
     ),
     losses=dict(
         pce=dict(weight=1.0),
-        crf=dict(weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, method="auto", reference_pixels=224 * 224),
+        crf=dict(weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, method="auto", scale="exact", reference_pixels=224 * 224),
         size=dict(weight=1.0, t0=1.0, mult=1.01, tmax=10.0),
-        coloc=dict(weight=5.0, sigma_rgb=15.0, adaptive=True, method="auto"),  # lambda_c, best 3-7 (Fig. 3b)
+        coloc=dict(weight=5.0, sigma_rgb=15.0, adaptive=True, method="auto", scale="exact"),  # lambda_c, best 3-7 (Fig. 3b)
     ),
     clips=dict(n=4, style="adjacent", central_fraction=1.0),  # best n = 4 (Fig. 3a); adjacent is best
     decoder=dict(

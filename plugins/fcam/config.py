@@ -15,7 +15,7 @@ method = dict(
     ),
     losses=dict(
         pce=dict(weight=1.0),  # alpha, searched in {1, .1}
-        crf=dict(weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, method="auto", reference_pixels=224 * 224),
+        crf=dict(weight=2e-9, sigma_rgb=15.0, sigma_xy=100.0, method="auto", scale="exact", reference_pixels=224 * 224),
         size=dict(weight=1.0, t0=1.0, mult=1.01, tmax=10.0),  # no weight in Eq. 3
         coloc=dict(weight=0.0),
     ),

@@ -7,7 +7,7 @@
 method = dict(
     pseudo_labels=dict(k=1000, fg_draw="multinomial", fg_top_p=0.7, bg="bottom", bg_p=0.1, dilation=3,
                        roi="largest-box"),
-    losses=dict(size=dict(weight=0.01), coloc=dict(weight=9.0)),
+    losses=dict(size=dict(weight=0.01), crf=dict(scale="lattice"), coloc=dict(weight=9.0, scale="lattice")),
     clips=dict(n=2, style="adjacent", central_fraction=0.6),
     decoder=dict(epochs=10, lr=0.01, lr_decay_epochs=5, lr_decay=0.9),
 )

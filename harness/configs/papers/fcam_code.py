@@ -6,6 +6,6 @@
 method = dict(
     cam_source="cam",
     pseudo_labels=dict(k=1, fg_draw="uniform", bg="bottom", bg_p=0.1, dilation=3),
-    losses=dict(size=dict(weight=0.1)),
+    losses=dict(size=dict(weight=0.1), crf=dict(scale="lattice")),  # the weight 2e-9 is for their lattice's W.P
     decoder=dict(epochs=50, lr=0.01, lr_decay_epochs=1000, lr_decay=0.1),
 )

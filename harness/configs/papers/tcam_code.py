@@ -6,6 +6,6 @@
 # Use: harness run --plugin tcam --config tcam_code
 method = dict(
     pseudo_labels=dict(k=1, fg_draw="multinomial", fg_top_p=0.6, bg="bottom", bg_p=0.1, dilation=3, temporal=1),
-    losses=dict(size=dict(weight=0.01)),
+    losses=dict(size=dict(weight=0.01), crf=dict(scale="lattice")),  # the weight 2e-9 is for their lattice's W.P
     decoder=dict(epochs=100, lr=0.01, lr_decay_epochs=15, lr_decay=0.9),
 )
