@@ -53,7 +53,7 @@ Three methods:
 
 ``method="auto"`` (the losses' default) picks the fastest method within 2% of exact, from the
 crossovers measured with ``benchmarks/crf_speed.py --crossover``: exact while a group has at
-most ``AUTO_EXACT_POINTS`` points (256: a 16x16 frame), the grid above. When the grid would need
+most ``AUTO_EXACT_POINTS`` points (400: a 20x20 frame), the grid above. When the grid would need
 more than ``budget`` bytes (a small sigma: the grid grows as (range / sigma)^3, 1 GiB per group at
 sigma_rgb = 1), auto takes exact while ``B * N^2 <= AUTO_EXACT_FALLBACK_PAIRS``, else the lattice
 (memory grows with the points, not with 1/sigma^3) and warns once that its scale differs. An
@@ -111,7 +111,10 @@ SPLAT_VARIANCE = 0.25  # cells^2 a quadratic B-spline splat (or slice) adds, whe
 BLUR_TRUNCATE = 4.0  # blur taps reach this many sigma_g (3 leaves a 0.3-0.5% error floor at fine cells)
 DEFAULT_BUDGET = 512 * 2 ** 20  # bytes: no method allocates more than this for its working memory
 # method="auto" (measured with benchmarks/crf_speed.py --crossover, see the module docstring):
-AUTO_EXACT_POINTS = 256  # exact while a group has at most this many points (grid faster above)
+# exact while a group has at most this many points: the grid's fixed cost (plan, basis, dispatch:
+# 1.5-3 ms colour, ~10 ms 5-D) makes exact faster below. Measured (1 thread, loaded machine):
+# exact/grid ms at 400 points 2.7/11.5 colour, 1.9/11.7 5-D; at 576 11.7/2.7 colour, 5-D B=8 38.5/35.2
+AUTO_EXACT_POINTS = 400
 AUTO_EXACT_FALLBACK_PAIRS = 1 << 30  # grid over budget: exact while B * N^2 stays below this
 SMOOTH_RANGE = 4.0  # axes whose range (sigma units) is at most this get the low-rank expansion
 LOWRANK_TOL = 1e-2  # keep products of smooth-axis terms whose eigenvalue ratio is >= this
@@ -673,7 +676,7 @@ def gaussian_filter(features: torch.Tensor, values: torch.Tensor, *, method: Met
 
     ``method``: ``"exact"``, ``"grid"`` (B-spline bilateral grid, at most 2% from exact at the
     default cell), ``"lattice"`` (the classic permutohedral lattice: the papers' operator, about
-    0.5-0.9x exact), or ``"auto"`` (exact up to 256 points per group, the grid above, see the
+    0.5-0.9x exact), or ``"auto"`` (exact up to 400 points per group, the grid above, see the
     module docstring). ``cell``: the grid cell in sigma units, one for all axes or one per
     feature axis. ``backend`` (grid and lattice): ``"auto"``, ``"cpu"`` (numba), ``"triton"``
     (CUDA), ``"torch"``. ``budget``: bytes of working memory no method exceeds (auto moves on,
