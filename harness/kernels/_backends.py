@@ -3,6 +3,8 @@ implementations: Triton on CUDA, numba on CPU, plain torch anywhere. Imports nei
 numba itself: the callers pass how to import theirs."""
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Callable
 
 import torch
@@ -10,6 +12,16 @@ import torch
 from harness.errors import HarnessError
 
 BACKENDS = ("auto", "torch", "triton", "cpu")
+
+
+@functools.lru_cache(maxsize=None)
+def import_kernels(module: str) -> tuple:
+    """``(module, None)``, or ``(None, why)`` when it cannot be imported: ImportError, or a broken
+    Triton install failing at import. Cached: a filter asks on every call."""
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 class TritonUnavailableError(HarnessError):

@@ -95,7 +95,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.kernels._backends import BACKENDS as _BACKENDS, TritonUnavailableError, resolve_backend
+from harness.kernels._backends import BACKENDS as _BACKENDS, TritonUnavailableError, import_kernels, resolve_backend
 
 __all__ = ["gaussian_filter", "crf_features", "dense_crf_loss", "TritonUnavailableError", "triton_available",
            "numba_available"]
@@ -528,13 +528,8 @@ def _slice_torch(base, weights, strides, grid):
 # ----------------------------------------------------------------------------- backend choice
 
 
-@functools.lru_cache(maxsize=None)
 def _import_triton():
-    try:
-        from harness.kernels import _crf_triton
-    except Exception as exc:  # ImportError, or a broken Triton install failing at import
-        return None, f"{type(exc).__name__}: {exc}"
-    return _crf_triton, None
+    return import_kernels("harness.kernels._crf_triton")
 
 
 def _numba_available() -> bool:

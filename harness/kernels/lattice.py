@@ -90,7 +90,6 @@ memory of a plan and an apply; the plan is O(N (d + 1)) per group.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 
@@ -98,7 +97,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
-from harness.kernels._backends import BACKENDS as _BACKENDS, TritonUnavailableError, resolve_backend
+from harness.kernels._backends import BACKENDS as _BACKENDS, TritonUnavailableError, import_kernels, resolve_backend
 
 __all__ = ["LatticePlan", "make_lattice_plan", "lattice_bytes", "lattice_filter", "alpha",
            "TritonUnavailableError", "triton_available", "numba_available"]
@@ -506,13 +505,8 @@ def _apply_torch(plan: LatticePlan, values: torch.Tensor, order: list[int], a: f
 # ----------------------------------------------------------------------------- backend choice
 
 
-@functools.lru_cache(maxsize=None)
 def _import_triton():
-    try:
-        from harness.kernels import _lattice_triton
-    except Exception as exc:  # ImportError, or a broken Triton install failing at import
-        return None, f"{type(exc).__name__}: {exc}"
-    return _lattice_triton, None
+    return import_kernels("harness.kernels._lattice_triton")
 
 
 def triton_available() -> bool:
