@@ -28,6 +28,7 @@ class Stage(ABC):
     epochs: int
     batch_size: int
     hflip: bool = False  # random horizontal flips of training frames
+    trains: bool = True  # False: see NoTrainingStage
 
     @abstractmethod
     def parameters(self) -> Iterable[nn.Parameter]:
@@ -60,6 +61,31 @@ class Stage(ABC):
         """What determines this stage's trained weights besides the dataset and the seed, when
         they can be shared across runs and methods (None: never shared)."""
         return None
+
+
+class NoTrainingStage(Stage):
+    """The one stage of a training-free method (CLIP-ES): its single "epoch" trains nothing.
+
+    The runner writes that epoch's checkpoint (the method's state as built, which may be empty)
+    and evaluates it like a trained epoch, so the protocol still chooses the CAM threshold and
+    ``eval``, ``sweep``, the reports and the leaderboards treat the method like any other. The
+    epoch is numbered 1, the only candidate of the epoch selection."""
+
+    trains = False
+    epochs = 1
+    batch_size = 1
+
+    def __init__(self, name: str = "zero-shot"):
+        self.name = name
+
+    def parameters(self) -> Iterable[nn.Parameter]:
+        return iter(())
+
+    def optimizer(self):  # pragma: no cover - the runner never asks a stage that trains nothing
+        raise NotImplementedError(f"stage {self.name!r} trains nothing")
+
+    def loss(self, batch: dict):  # pragma: no cover - idem
+        raise NotImplementedError(f"stage {self.name!r} trains nothing")
 
 
 class Method(ABC):

@@ -159,6 +159,8 @@ def _stages_problem(stages) -> str | None:
         if not is_safe_name(name):
             return f"stage name {name!r} is not a valid name (it names checkpoint files: {NAME_RULE})"
         epochs = getattr(st, "epochs", None)
+        if getattr(st, "trains", True) is False and epochs != 1:
+            return f"stage {name!r} trains nothing, so it has one epoch, not epochs={epochs!r}"
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
             return f"stage {name!r} has epochs={epochs!r}; it must be a whole number >= 1"
         size = getattr(st, "batch_size", None)
@@ -733,6 +735,9 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                     store.forget(epoch)  # records of earlier weights, if any, are not these epochs'
             _sync_metrics_lines(run_dir, ckpts, store, last, upto=(si, stage.epochs))
             continue
+        if not stage.trains:
+            _record_untrained(method, stage, si, last, ckpts, store, run_dir, who, callbacks)
+            continue
         opt, sched = checked_optimizer(stage, who)
         first = 1
         if resume_at is not None and si == resume_at[0]:
@@ -777,6 +782,25 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         if key is not None and stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
             log.info("%s stage published to the stage cache for reuse by later runs", stage.name)
     return resumed_from
+
+
+def _record_untrained(method, stage, si, last, ckpts, store, run_dir, who, callbacks) -> None:
+    """A stage that trains nothing (:class:`harness.method.NoTrainingStage`): its one epoch's
+    checkpoint holds the method as built, and its metrics line the validation numbers."""
+    if store is not None and si == last:
+        store.forget(1)
+    line = {"stage": stage.name, "epoch": 1, "trained": False}
+    if si == last and store is not None:
+        line.update(_val_summary(store, 1))
+    with plugin_code(who, "state_dict()"):
+        method_state = method.state_dict()
+    ckpts.save(si, stage.name, 1, {"method": method_state, "optimizer": None, "scheduler": None,
+                                   "stage": stage.name, "epoch": 1, "log": line})
+    write_metrics_line(run_dir, line)
+    log.info("%s: nothing to train, evaluated as built: %s", stage.name,
+             ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
+    for cb in callbacks:
+        cb(stage.name, 1)
 
 
 def _val_summary(store: EvalStore, epoch: int, current: bool = True) -> dict:
