@@ -166,14 +166,15 @@ def _resolve_model_name(model: str) -> str:
     return name
 
 
-def _weights_help(name: str, tag: str | None, cache_dir: str | None, hf_hub: str = "") -> str:
+def _weights_help(name: str, tag: str | None, cache_dir: str | None, hf_hub: str = "",
+                  option: str = _CHECKPOINT_KEY) -> str:
     how = (
         f"To supply weights: (1) on a machine with internet, pre-download them into the open_clip "
         f"cache with `python -c \"import open_clip; open_clip.create_model('{name}', "
         f"pretrained='{tag}')\"` and copy the cache here: Hugging Face Hub weights live in "
         f"{_hf_cache_dir(cache_dir)} (set HF_HOME, or HF_HUB_CACHE, to choose it; default "
         f"~/.cache/huggingface/hub), weights fetched by URL in {_url_cache_dir(cache_dir)}; or "
-        f"(2) pass {_CHECKPOINT_KEY}=/path/to/weights.pt, an open_clip state dict for {name!r}"
+        f"(2) pass {option}=/path/to/weights.pt, an open_clip state dict for {name!r}"
     )
     if hf_hub:
         how += f" (e.g. the open_clip_pytorch_model.bin of the hf-hub repo {hf_hub.rstrip('/')})"
@@ -217,7 +218,8 @@ def _cached_tag_file(cfg: dict, cache_dir: str | None) -> str | None:
     return None
 
 
-def _tag_weights(name: str, tag: str, cache_dir: str | None, allow_download: bool) -> str:
+def _tag_weights(name: str, tag: str, cache_dir: str | None, allow_download: bool,
+                 option: str = _CHECKPOINT_KEY) -> str:
     """Path of the weights of ``tag``: the local cache, else a download when online."""
     import open_clip
 
@@ -226,7 +228,7 @@ def _tag_weights(name: str, tag: str, cache_dir: str | None, allow_download: boo
     if found:
         return found
     hf_hub = cfg.get("hf_hub", "")
-    help_ = _weights_help(name, tag, cache_dir, hf_hub)
+    help_ = _weights_help(name, tag, cache_dir, hf_hub, option)
     where = f"CLIP weights for model {name!r}, pretrained tag {tag!r}"
     if not allow_download or _offline():
         why = "downloads are disabled (allow_download=False)" if not allow_download else "HF_HUB_OFFLINE is set"
@@ -245,7 +247,8 @@ def _tag_weights(name: str, tag: str, cache_dir: str | None, allow_download: boo
     return path
 
 
-def _load_weights(model: torch.nn.Module, path: str, name: str, tag: str | None, cache_dir: str | None) -> None:
+def _load_weights(model: torch.nn.Module, path: str, name: str, tag: str | None, cache_dir: str | None,
+                  option: str = _CHECKPOINT_KEY) -> None:
     import open_clip
 
     try:
@@ -255,7 +258,7 @@ def _load_weights(model: torch.nn.Module, path: str, name: str, tag: str | None,
             f"CLIP checkpoint {path} could not be loaded into model {name!r}: {type(e).__name__}: "
             f"{str(e)[:500]}. It must be an open_clip state dict (.pt/.bin/.safetensors; TorchScript "
             f"archives are not read) for exactly this architecture. "
-            + _weights_help(name, tag or "<tag>", cache_dir)
+            + _weights_help(name, tag or "<tag>", cache_dir, option=option)
         ) from e
 
 
@@ -268,6 +271,7 @@ def load_clip(
     *,
     cache_dir: str | None = None,
     allow_download: bool = True,
+    option: str = _CHECKPOINT_KEY,
 ) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tuple[float, ...]], Any]:
     """An open_clip CLIP model in eval mode, its normalization ``(mean, std)`` and its tokenizer.
 
@@ -289,7 +293,8 @@ def load_clip(
 
     A tag whose weights were trained with QuickGELU (the ``openai`` tags) builds the model with
     QuickGELU: open_clip 3.x only *warns* about that mismatch for plain names like ``ViT-B-16``.
-    No usable weights raise :class:`HarnessError` saying how to supply them.
+    No usable weights raise :class:`HarnessError` saying how to supply them; ``option`` is the
+    config key the messages tell the user to set.
     """
     import open_clip
 
@@ -309,7 +314,7 @@ def load_clip(
                     f"unknown pretrained tag {tag!r} for CLIP model {name!r}; its tags are "
                     f"{tags or 'none (a custom config: pass a checkpoint)'} "
                     "(all pairs: `python -c \"import open_clip; print(open_clip.list_pretrained())\"`). "
-                    + _weights_help(name, tag, cache_dir)
+                    + _weights_help(name, tag, cache_dir, option=option)
                 )
             else:
                 tag = None
@@ -317,7 +322,7 @@ def load_clip(
         ck = Path(checkpoint).expanduser()
         if not ck.is_file():
             raise HarnessError(
-                f"CLIP checkpoint not found: {ck} (given as {_CHECKPOINT_KEY} for model {name!r}). "
+                f"CLIP checkpoint not found: {ck} (given as {option} for model {name!r}). "
                 "Pass the path of an existing open_clip state-dict file."
             )
         weights: str | None = str(ck)
@@ -326,11 +331,11 @@ def load_clip(
         if tag is not None or checkpoint is not None:
             log.info("load_clip(random_init=True): ignoring pretrained=%r / checkpoint=%r", pretrained, checkpoint)
     elif tag is not None:
-        weights = _tag_weights(name, tag, cache_dir, allow_download)
+        weights = _tag_weights(name, tag, cache_dir, allow_download, option)
     elif name.startswith(("hf-hub:", "local-dir:")):
         weights = None  # create_model loads the schema's own weights
     else:
-        raise HarnessError(f"no weights given for CLIP model {name!r}. " + _weights_help(name, "<tag>", cache_dir))
+        raise HarnessError(f"no weights given for CLIP model {name!r}. " + _weights_help(name, "<tag>", cache_dir, option=option))
 
     kwargs: dict[str, Any] = dict(device=device, pretrained_image=False, pretrained_text=False)
     if tag_cfg:
@@ -344,7 +349,7 @@ def load_clip(
     except Exception as e:
         raise HarnessError(f"could not build CLIP model {name!r}: {type(e).__name__}: {str(e)[:500]}") from e
     if weights is not None:
-        _load_weights(net, weights, name, tag, cache_dir)
+        _load_weights(net, weights, name, tag, cache_dir, option)
     net.eval()
 
     pp_cfg = getattr(net.visual, "preprocess_cfg", None) or {}
@@ -572,6 +577,7 @@ def clip_boxes(
     batch_size: int = 32,
     device: str | torch.device | None = "cpu",
     progress: bool = False,
+    cam_fn: Any = None,
 ) -> tuple[list[tuple[int, int, int, int]], list[np.ndarray]]:
     """One box per frame from its class label: ``(boxes, maps)``.
 
@@ -580,7 +586,8 @@ def clip_boxes(
     squashed, no center crop, so the map covers the whole frame), normalized with ``mean_std``;
     its Grad-CAM map for ``labels[i]`` (:func:`clip_gradcam`) is upsampled bilinearly
     (``align_corners=False``) to ``(H, W)`` and min-max normalized (a constant map becomes
-    zeros). The box is :func:`otsu_largest_box` of that map, inclusive pixel coordinates in the
+    zeros). ``cam_fn(model, images, text_features, labels) -> (B, h, w)`` replaces
+    :func:`clip_gradcam` (the CLIP-ES maps use it). The box is :func:`otsu_largest_box` of that map, inclusive pixel coordinates in the
     frame's grid. ``maps`` are the ``(H, W)`` float32 maps in ``[0, 1]``. The model is moved to
     ``device`` (``None``: where it already is).
     """
@@ -621,7 +628,7 @@ def clip_boxes(
                 x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0.0, 1.0)
             batch.append(x)
         x = (torch.cat(batch) - mean) / std
-        cams = clip_gradcam(model, x, text, labels[s : s + len(chunk)])
+        cams = (cam_fn or clip_gradcam)(model, x, text, labels[s : s + len(chunk)])
         for cam, f in zip(cams, chunk):
             h, w = np.asarray(f).shape[:2]
             up = F.interpolate(cam[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
