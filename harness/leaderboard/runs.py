@@ -50,7 +50,13 @@ class RunRecord:
 
     @property
     def backbone(self) -> str:
-        classifier = (self.record.get("config") or {}).get("classifier")
+        """``method.backbone`` for a method whose maps do not come from the shared classifier
+        (CLIP-ES: ``clip``), else the classifier's."""
+        config = self.record.get("config") or {}
+        method = config.get("method")
+        if isinstance(method, dict) and method.get("backbone"):
+            return str(method["backbone"])
+        classifier = config.get("classifier")
         return (classifier.get("backbone") if isinstance(classifier, dict) else None) or "?"
 
     @property
