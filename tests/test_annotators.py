@@ -234,13 +234,32 @@ def test_rpn_annotator_with_random_weights_runs_the_same_chain(dataset):
     assert pb.quality["upper_bound_iou"] >= pb.quality["mean_iou"]
 
 
-def test_clip_annotator_with_a_tiny_random_clip(dataset):
+@pytest.mark.parametrize("maps", ["clip-es", "gradcam"])
+def test_clip_annotator_with_a_tiny_random_clip(dataset, maps):
     from pathlib import Path
 
     config = Path(__file__).parent / "data" / "tiny-clip.json"
-    pb = pseudo_boxes("clip", {"model": str(config), "pretrained": None, "random_init": True}, dataset, "val",
-                      progress=False)
+    pb = pseudo_boxes("clip", {"model": str(config), "pretrained": None, "random_init": True, "maps": maps,
+                               "attn_layers": 2}, dataset, "val", progress=False)
     assert pb.quality["frames"] == len(pb.boxes) and "pointing_game" in pb.quality
+
+
+def test_clip_annotator_maps_are_clip_es_by_default_and_checked(dataset, monkeypatch):
+    import harness.plugins.clip_es.model as clip_es_model
+    from harness.annotators.clip import ClipAnnotator
+
+    assert ClipAnnotator({}).settings["maps"] == "clip-es"
+    with pytest.raises(HarnessError, match="annotators.clip.maps='clipes'"):
+        ClipAnnotator({"maps": "clipes"})
+    calls = []
+    real = clip_es_model.clip_es_maps
+    monkeypatch.setattr(clip_es_model, "clip_es_maps", lambda *a, **k: calls.append(k) or real(*a, **k))
+    from pathlib import Path
+
+    config = Path(__file__).parent / "data" / "tiny-clip.json"
+    pseudo_boxes("clip", {"model": str(config), "pretrained": None, "random_init": True, "attn_layers": 1,
+                          "tau_caa": 0.6}, dataset, "val", progress=False)
+    assert calls and all(k["attn_layers"] == 1 and k["tau_caa"] == 0.6 for k in calls)
 
 
 def test_clip_without_weights_says_how_to_supply_them(dataset, monkeypatch):
