@@ -181,9 +181,13 @@ def fitting_tables(runs: list[RunRecord]) -> list[str]:
 
 def target_dataset(table: Table, run: RunRecord) -> str | None:
     """The table dataset a run's row speaks for: its own, else the first the synthetic stand-in
-    covers, in column order (a synth-cub run fills the CUB columns of a CUB + ILSVRC table, not both)."""
-    order = list(dict.fromkeys(c.dataset for c in table.columns if c.role == "value"))
-    return next((d for d in order if d == run.dataset), None) or next((d for d in order if run.stands_for(d)), None)
+    covers, in the stand-in's order (a synth-cub run fills the CUB columns of a CUB + ILSVRC
+    table, whichever comes first, and not both)."""
+    present = {c.dataset for c in table.columns if c.role == "value"}
+    if run.dataset in present:
+        return run.dataset
+    # the stand-in's own order: synth-cub is CUB first, even where a table puts ILSVRC first
+    return next((d for d in STAND_INS.get(run.dataset, ()) if d in present), None)
 
 
 def cell_value(column: Column, run: RunRecord, dataset: str | None = None) -> float | None:
