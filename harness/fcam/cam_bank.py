@@ -5,8 +5,11 @@ recomputing it every step would only cost time; the authors store them on disk, 
 A training step reads its frames' maps from here: min-max normalized at the CAM's own
 resolution, optionally max-pooled over the ``temporal`` previous frames of the same shot
 (TCAM's CAM-TMP), upsampled (bilinear) to the frame size and flipped as the frame was.
-An optional region of interest per frame (the largest 4-connected Otsu component of the map,
-or its box, as in the authors' code) is computed here too, once.
+An optional region of interest per frame is computed here too, once, batched on the device
+(harness/fcam/components.py): ``roi="largest"``, the largest 4-connected component of the
+map's Otsu region, or ``"largest-box"``, its box (the authors' code); ``"densest"``, the
+8-connected Otsu component with the highest mean activation (TrCAM-V's "densest region", the
+harness's reading: see ``components.densest_component``).
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ from harness.data.base import Split
 from harness.cam import run_source
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
-from harness.evaluation.box_accuracy import otsu_level
+from harness.fcam import components
+from harness.fcam.pseudo_labels import otsu_threshold
 
-ROI_MODES = ("none", "largest", "largest-box")
+ROI_MODES = ("none", "largest", "largest-box", "densest")
 
 
 def previous_frames(split: Split, n: int) -> torch.Tensor:
@@ -45,7 +49,8 @@ def _minmax(maps: torch.Tensor) -> torch.Tensor:
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of a boolean mask (empty stays empty)."""
+    """The largest 4-connected component of a boolean mask (empty stays empty), with OpenCV, one
+    frame on the host: the reference the batched ``roi="largest"`` is tested against."""
     import cv2
 
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
@@ -109,13 +114,35 @@ class CamBank:
     def _rois(self, mode: str, batch_size: int) -> torch.Tensor:
         rois = torch.zeros(len(self.maps), *self.size, dtype=torch.bool, device=self.maps.device)
         for start in range(0, len(self.maps), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(self.maps)), device=self.maps.device)
-            for j, m in zip(idx.tolist(), self.get(idx).cpu().numpy()):
-                q = (np.clip(m, 0, 1) * 255).astype(np.uint8)
-                comp = largest_component(q > otsu_level(q))
-                if mode == "largest-box" and comp.any():
-                    ys, xs = np.nonzero(comp)
-                    comp = np.zeros_like(comp)
-                    comp[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
-                rois[j] = torch.from_numpy(comp)
+            stop = min(start + batch_size, len(self.maps))
+            rois[start:stop] = roi_of(self.get(torch.arange(start, stop, device=self.maps.device)), mode)
         return rois
+
+
+def otsu_region(maps: torch.Tensor) -> torch.Tensor:
+    """Otsu's region ``q > otsu_level(q)`` of maps (B, H, W) in [0, 1], q = uint8(map * 255)
+    (the evaluation's quantization), batched: ``otsu_threshold`` is OpenCV's rule, except that
+    OpenCV gives level 0 to a constant image (so a constant nonzero map is all region), which
+    is mirrored here to keep the host path's results."""
+    q = (maps.clamp(0, 1) * 255).floor()
+    t = otsu_threshold(maps)
+    constant = q.amax(dim=(1, 2)) == q.amin(dim=(1, 2))
+    t = torch.where(constant, torch.zeros_like(t), t)
+    return q > t[:, None, None]
+
+
+def _box(masks: torch.Tensor) -> torch.Tensor:
+    """Each mask's bounding box, filled (empty stays empty)."""
+    def span(any_along: torch.Tensor) -> torch.Tensor:  # between the first and the last True
+        a = any_along.long()
+        return (a.cummax(1).values > 0) & (a.flip(1).cummax(1).values.flip(1) > 0)
+    return span(masks.any(2))[:, :, None] & span(masks.any(1))[:, None, :]
+
+
+def roi_of(maps: torch.Tensor, mode: str) -> torch.Tensor:
+    """Regions of interest (B, H, W) bool of maps (B, H, W) in [0, 1] (``mode`` in ROI_MODES, not none)."""
+    region = otsu_region(maps)
+    if mode == "densest":
+        return components.densest_component(maps, region, connectivity=8)
+    comp = components.largest_component(region, connectivity=4)
+    return _box(comp) if mode == "largest-box" else comp

@@ -10,7 +10,7 @@ method = dict(
         bg="bottom",  # C-: the lowest n- of the CAM's pixels
         bg_p=0.1,  # n-, chosen on val in [.1, .7] in the paper (value not reported; the code's 0.1)
         dilation=1,
-        roi="none",  # "largest" / "largest-box": the largest Otsu component (or its box)
+        roi="none",  # "largest" / "largest-box": the largest Otsu component (or its box); "densest"
         temporal=0,  # previous frames max-pooled into the CAM (TCAM); 0 for F-CAM
     ),
     losses=dict(
