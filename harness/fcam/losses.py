@@ -66,6 +66,13 @@ def crf_method(method: str, scale: str) -> str:
     return method
 
 
+def frames_255(images: torch.Tensor, normalization) -> torch.Tensor:
+    """Normalized frames back to [0, 255] RGB, what the CRF kernels are defined on
+    (``normalization`` = the method's (mean, std) on [0, 1])."""
+    mean, std = (torch.tensor(v, device=images.device, dtype=images.dtype)[:, None, None] for v in normalization)
+    return ((images * std + mean) * 255.0).clamp(0, 255)
+
+
 @dataclass
 class DenseCRF(Term):
     weight: float = 2e-9

@@ -19,7 +19,7 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.fcam.cam_bank import CamBank
 from harness.fcam.clips import ClipBatchSampler
-from harness.fcam.losses import ColorCoLoc, DenseCRF, PartialCE, SizeBarrier, check_terms
+from harness.fcam.losses import ColorCoLoc, DenseCRF, PartialCE, SizeBarrier, check_terms, frames_255
 from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
 from harness.method import Prediction, Stage
 from harness.models.classifier import ClassifierMethod, ClassifierStage
@@ -135,10 +135,7 @@ class FcamFamily(ClassifierMethod):
         return {"classifier": self.model, "decoder": self.decoder}
 
     def unnormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalized images back to [0, 255] RGB (what the CRF kernels are defined on)."""
-        mean, std = (torch.tensor(v, device=images.device, dtype=images.dtype)[:, None, None]
-                     for v in self.normalization)
-        return ((images * std + mean) * 255.0).clamp(0, 255)
+        return frames_255(images, self.normalization)
 
     def predict(self, images, classes):
         feats = self.model.features(images)
