@@ -177,7 +177,7 @@ def _pretrained_cfg(name: str, full: str):
     return cfg
 
 
-def _cached_weight_file(name: str, full: str) -> str:
+def cached_weight_file(name: str, full: str, option: str = "classifier.pretrained") -> str:
     """The local file holding the weights of timm tag ``name``: never touches the network.
 
     Looked up where timm itself would put them: the Hugging Face hub cache ($HF_HOME/hub,
@@ -211,11 +211,11 @@ def _cached_weight_file(name: str, full: str) -> str:
         searched.append(f"{path} (set TORCH_HOME to use another folder)")
     raise HarnessError(
         f"the pretrained weights of backbone {full!r} (timm tag {tag}) are not cached on this machine; "
-        f"classifier.pretrained=True never downloads. Looked in " + " and ".join(searched) + ". "
+        f"{option}=True never downloads. Looked in " + " and ".join(searched) + ". "
         f"Supply them: on a machine with internet run python -c \"import timm; "
         f"timm.create_model('{tag}', pretrained=True)\" and copy its cache folder over "
         f"(~/.cache/huggingface/hub/models--{(cfg.hf_hub_id or 'timm/' + tag).partition('@')[0].replace('/', '--')}), "
-        f"or torch.save that model's state_dict and pass classifier.pretrained=/path/to/checkpoint.pth. "
+        f"or torch.save that model's state_dict and pass {option}=/path/to/checkpoint.pth. "
         f"See docs/backbones.md"
     )
 
@@ -224,7 +224,7 @@ def _timm_create(name: str, full: str, from_tag: bool, **kwargs) -> nn.Module:
     """timm.create_model with harness errors; ``from_tag`` loads the tag's cached weights only."""
     weights = None
     if from_tag:
-        weights = _cached_weight_file(name, full)
+        weights = cached_weight_file(name, full)
         kwargs["pretrained_cfg_overlay"] = dict(file=weights)
     try:
         return timm.create_model(name, pretrained=from_tag, **kwargs)
