@@ -66,12 +66,21 @@ def _real(module: str, attr: str):
     return build
 
 
+# Frames of each train shot a real video dataset trains on per epoch, drawn anew each epoch
+# (loader.train_frames_per_shot): TrCAM-V "randomly selected a few frames for each shot for each
+# gradient descent step". The index keeps every train frame (the readers' default).
+VIDEO_FRAMES_PER_SHOT = 10
+
+
 def _real_config(name: str, module: str, attr: str):
     def config() -> dict:
         from harness.data.real import COMMON_DEFAULTS
 
-        return {"data": {"name": name, **COMMON_DEFAULTS, **real_reader(module, attr).defaults},
-                "loader": {"num_workers": 2}}  # JPEG decoding: keep both cores busy
+        reader = real_reader(module, attr)
+        loader = {"num_workers": 2}  # JPEG decoding: keep both cores busy
+        if reader.kind == "video":
+            loader["train_frames_per_shot"] = VIDEO_FRAMES_PER_SHOT
+        return {"data": {"name": name, **COMMON_DEFAULTS, **reader.defaults}, "loader": loader}
 
     return config
 

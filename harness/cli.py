@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--check", default="eval", choices=["eval", "full", "headers", "none"],
                       help="images to open: eval = decode val/test, header of train (default); full = decode all")
     prep.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
-                      help="reader settings, e.g. data.train_frames_per_shot=0")
+                      help="reader settings, e.g. data.train_frames_per_shot=10")
     prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=cmd_data_prepare)
     show = dsub.add_parser("show", help="write a PNG grid of frames with their GT boxes")

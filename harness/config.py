@@ -318,6 +318,9 @@ def read_literal_config(path: str | Path) -> dict:
 
 # What every run config must have, beyond the keys of the base sections.
 _RUN_KEYS = {"method": "name", "data": "name", "protocol": "name"}
+# Base keys added after runs were made, with the value that gives those runs' behaviour: a run
+# directory whose config lacks one reads as that value.
+_ADDED_KEYS = {("loader", "train_frames_per_shot"): 0}
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -341,6 +344,9 @@ def load_run_config(run_dir: str | Path) -> Config:
         if isinstance(default, Mapping):
             if not isinstance(data[name], Mapping):
                 raise HarnessError(f"{path}: {name} is a {type(data[name]).__name__}, not a section")
+            for (section, key), value in _ADDED_KEYS.items():
+                if section == name:
+                    data[name].setdefault(key, value)
             if name != "classifier":  # a method without a classifier stage may leave it as it is
                 lost = [k for k in default if k not in data[name]]
                 if lost:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from harness import __version__, evalstore, io, results, stage_cache
 from harness import config as config_mod
+from harness.data.frame_sampler import FramesPerShotSampler, effective_frames_per_shot, frames_per_shot
 from harness.data.loader import check_finite_images, train_loader
 from harness.errors import HarnessError, plugin_code
 from harness.evalstore import EvalStore, check_eval_config, split_metrics
@@ -102,6 +103,7 @@ def compose(plugin: str, protocol: str, dataset: str, overrides: dict | None = N
     cfg.method.name = method_entry.name  # aliases resolve to the registered name
     _inherit_annotator_classifiers(cfg, explicit)
     config_mod.check_values(cfg)
+    frames_per_shot(cfg)
     check_eval_config(cfg)
     resolve_device(cfg.device)
     _check_annotators(cfg, Protocol.from_config(cfg.protocol), explicit)  # fail now, not after training
@@ -550,6 +552,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     started = time.time()
     protocol = Protocol.from_config(cfg.protocol)
     check_eval_config(cfg)
+    frames_per_shot(cfg)  # a run directory's config edited by hand fails before any work
     device = resolve_device(cfg.device)
     dataset = load_dataset(cfg, progress)
     seed_everything(cfg.seed)
@@ -576,6 +579,8 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         "wall_time_s": round(time.time() - started, 2),
         "config": cfg.to_dict(),
     }
+    if record["train_frames"]["per_shot_per_epoch"]:
+        record["train_frames"]["stages_with_own_batches"] = _own_batch_stages(method, dataset, cfg)
     results.write_result(run_dir, record)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
@@ -631,6 +636,7 @@ def _record(run_dir: Path, cfg, protocol: Protocol, dataset, selection, stage: s
         "cam_source": cfg.method.get("cam_source"),
         "protocol": protocol.to_dict(),
         "dataset": dataset_summary(dataset),
+        "train_frames": train_frames_summary(cfg, dataset),
         "selection": selection_summary(selection, protocol, stage, cfg),
         "metrics": metrics,
         "pseudo_boxes": pseudo_box_summary(store),
@@ -664,6 +670,26 @@ def dataset_summary(dataset) -> dict:
         "classes": dataset.classes,
         "splits": {k: len(s) for k, s in dataset.splits.items()},
     }
+
+
+def train_frames_summary(cfg, dataset) -> dict:
+    """The training-frame policy the run applied: ``per_shot_per_epoch`` frames of each shot drawn
+    anew each epoch (``loader.train_frames_per_shot``; 0: every train frame every epoch, always so
+    on an image dataset). The run's result adds the stages that drew their own batches instead."""
+    return {"per_shot_per_epoch": effective_frames_per_shot(cfg, dataset)}
+
+
+def _own_batch_stages(method: Method, dataset, cfg) -> list[str]:
+    """The trained stages whose own ``batch_sampler`` (e.g. CoLo-CAM's clips) replaces the
+    training-frame policy (asked with their first epoch's seed, as training does)."""
+    who, split, out = _method_who(cfg), dataset.split("train"), []
+    for si, stage in enumerate(method.stages):
+        if not stage.trains:
+            continue
+        with plugin_code(who, f"stage {stage.name!r} batch_sampler()"):
+            if stage.batch_sampler(split, epoch_seed(cfg.seed, si, 1)) is not None:
+                out.append(stage.name)
+    return out
 
 
 def selection_summary(selection, protocol: Protocol, stage: str, cfg) -> dict:
@@ -719,6 +745,10 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         log.info("resuming after %s", resumed_from)
 
     train_split = dataset.split("train")
+    per_shot = effective_frames_per_shot(cfg, dataset)
+    if frames_per_shot(cfg) and not per_shot:
+        log.info("loader.train_frames_per_shot=%d does not apply to the image dataset %s (each image is its own "
+                 "shot): every image every epoch", frames_per_shot(cfg), dataset.name)
     for si, stage in enumerate(stages):
         if resume_at is not None and si < resume_at[0]:
             continue
@@ -755,7 +785,8 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                 stage.begin_epoch(epoch)
             if si == last and store is not None:
                 store.forget(epoch)  # evaluated from an earlier attempt at this epoch
-            stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization)
+            stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization,
+                                 per_shot=per_shot, announce=epoch == first)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
@@ -883,6 +914,9 @@ def _shared_stage_key(stage, stage_index: int, cfg, dataset) -> tuple[str | None
         "loader_workers": cfg.loader.num_workers,  # augmentation randomness depends on it
         "harness": __version__,
     }
+    per_shot = effective_frames_per_shot(cfg, dataset)
+    if per_shot:  # only when set, so the keys of stages trained on every frame stay as they were
+        description["train_frames_per_shot"] = per_shot
     return stage_cache.stage_key({"stage": stage.name, **description}), description
 
 
@@ -894,10 +928,25 @@ def _lr_key(cfg, stage: str) -> str:
     return f"--cfg-options {keys[0]}=..." if keys else "the plugin's lr setting"
 
 
-def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normalization) -> dict:
+def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normalization, per_shot: int = 0,
+                 announce: bool = False) -> dict:
+    """One epoch of ``stage``. Its batches: the stage's own (``Stage.batch_sampler``), else,
+    with ``per_shot`` > 0, ``per_shot`` frames of each shot drawn with the epoch ``seed``, else
+    every frame shuffled. ``announce``: log which (the stage's first epoch in this process)."""
     who = _method_who(cfg)
     with plugin_code(who, f"stage {stage.name!r} batch_sampler()"):
         sampler = stage.batch_sampler(split, seed)
+    if per_shot > 0:
+        if sampler is not None:
+            if announce:
+                log.info("%s stage draws its own batches (%s): loader.train_frames_per_shot=%d does not apply to "
+                         "it", stage.name, type(sampler).__name__, per_shot)
+        else:
+            sampler = FramesPerShotSampler(split, per_shot, stage.batch_size, seed)
+            if announce:
+                log.info("%s stage: %d frame(s) of each shot drawn anew each epoch (loader.train_frames_per_shot): "
+                         "%d of the %d train frames per epoch", stage.name, per_shot, sampler.drawn_per_epoch,
+                         len(split))
     loader = train_loader(
         split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization,
         batch_sampler=sampler,

@@ -273,6 +273,8 @@ def test_fcam_family_runs_on_ytov1_unchanged(tmp_path):
     run_dir = runner.prepare("colocam", "gt-val", "ytov1", overrides, tmp_path / "runs")
     record = runner.execute(run_dir, progress=False)
     assert record["dataset"]["name"] == "ytov1" and record["selection"]["stage"] == "decoder"
+    # the entry's 10 frames of each shot per epoch train the classifier; the decoder keeps its clips
+    assert record["train_frames"] == {"per_shot_per_epoch": 10, "stages_with_own_batches": ["decoder"]}
     assert 0 <= record["metrics"]["test"]["corloc"] <= 100
 
 

@@ -52,7 +52,9 @@ def test_reader_contract():
         for split, counts in reader.published.items():
             assert split in ("train", "val", "test")
             assert set(counts) <= {"frames", "boxes", "masks", "videos", "shots"}
-        assert "train_frames_per_shot" in reader.defaults and reader.defaults["train_frames_per_shot"] == 10
+        # every train frame is indexed; the runner draws frames of each shot per epoch
+        # (loader.train_frames_per_shot, set by the ytov1 / ytov2.2 entries)
+        assert "train_frames_per_shot" in reader.defaults and reader.defaults["train_frames_per_shot"] == 0
     assert (YTOV1.name, YTOV2_2.name) == ("ytov1", "ytov2.2")
     assert YTOV1.published["test"] == {"frames": 346, "boxes": 396, "videos": 27}
     assert YTOV1.published["train"] == {"shots": 2768, "videos": 78}
@@ -240,7 +242,7 @@ def test_v1_train_frames_per_shot(v1):
     two = clean(YTOV1, root, train_frames_per_shot=2).splits["train"]
     one = clean(YTOV1, root, train_frames_per_shot=1).splits["train"]
     default = clean(YTOV1, root).splits["train"]
-    assert [f.path for f in default] == [f.path for f in full]  # 4-frame shots < 10
+    assert [f.path for f in default] == [f.path for f in full]  # the default keeps every frame
     assert len(full) == written["expected"]["train"]["frames"] == 4 * len(two) // 2
     assert {f.path.rsplit("/", 1)[1] for f in two} == {"frame0001.jpg", "frame0003.jpg"}
     assert {f.index for f in two} == {0, 2}  # the true position in the shot

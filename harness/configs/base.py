@@ -32,6 +32,10 @@ classifier = dict(
 loader = dict(
     num_workers=0,  # DataLoader workers; 0 keeps everything in the main process
     eval_batch_size=64,
+    # Training frames of a video dataset, for every stage that brings no batches of its own:
+    # 0 = every train frame every epoch; k = k frames of each shot drawn anew each epoch
+    # (seeded per epoch: resume is exact). See harness/data/frame_sampler.py.
+    train_frames_per_shot=0,
 )
 
 eval = dict(

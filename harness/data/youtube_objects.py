@@ -18,11 +18,13 @@ structure from it. Boxes are the datasets' own, in original pixels, inclusive ``
   a folder means its ``image_ids.txt``; ``path,label`` lines are taken too): val = the listed
   frames, train = the other train videos;
 * train = the other train videos, organized by shot folder (non-empty shots; frames sorted by
-  number = temporal order). YTOv1 has ~571k frames: ``train_frames_per_shot`` (default 10)
-  keeps that many frames per shot, evenly spaced (positions ``i * m // n`` of a shot of ``m``
-  frames, so the first is always kept); 0 keeps all. The authors index shots and draw ONE
-  random frame of each shot per epoch, so any fixed subset is an approximation; a shot's frames
-  keep their true temporal position as ``index``.
+  number = temporal order). YTOv1 has ~571k frames. ``train_frames_per_shot`` (default 0 = all)
+  keeps a fixed number of frames per shot at index time, evenly spaced (positions ``i * m // n``
+  of a shot of ``m`` frames, so the first is always kept). The authors index shots and draw
+  random frames of each shot per epoch; the harness does that at training time
+  (``loader.train_frames_per_shot``, 10 in the ``ytov1`` / ``ytov2.2`` entries; see
+  ``harness/data/frame_sampler.py``), so the index keeps every frame. A shot's frames keep
+  their true temporal position as ``index``.
 * annotation values: negatives set to 0 (the authors' ``abs(v * (v > 0))``); the two known bad
   boxes are fixed as the authors do: on ``horse/data/0004/shots/055/frame0020.jpg`` x0 and x1
   are swapped back, on ``boat/data/0006/shots/026/frame0001.jpg`` an x1 past the border is set
@@ -294,13 +296,13 @@ class _YTOv1:
     defaults = {
         "val_seed": 0,                 # class c draws its val videos with seed val_seed + c (0 = the authors')
         "val_split_file": None,        # the authors' val/image_ids.txt instead of the draw
-        "train_frames_per_shot": 10,   # evenly spaced frames kept per train shot; 0 = all
+        "train_frames_per_shot": 0,    # evenly spaced frames kept per train shot at index time; 0 = all
         "box_tolerance": 0.02,         # boxes past the border by at most this fraction are clipped
     }
 
     def index(self, root: Path, settings: dict, problems: list[Problem], progress: bool = False) -> DatasetIndex:
         root = Path(root)
-        per_shot = _setting_int(settings, "train_frames_per_shot", 10)
+        per_shot = _setting_int(settings, "train_frames_per_shot", 0)
         seed = _setting_int(settings, "val_seed", 0, minimum=None)
         boxes = _Boxes(_setting_float(settings, "box_tolerance", 0.02))
         val_file = settings.get("val_split_file")
@@ -573,13 +575,13 @@ class _YTOv22:
         "The copy is read in place: the authors' reformatting script is not needed."
     )
     defaults = {
-        "train_frames_per_shot": 10,   # evenly spaced frames kept per train shot; 0 = all
+        "train_frames_per_shot": 0,    # evenly spaced frames kept per train shot at index time; 0 = all
         "box_tolerance": 0.02,         # boxes past the border by at most this fraction are clipped
     }
 
     def index(self, root: Path, settings: dict, problems: list[Problem], progress: bool = False) -> DatasetIndex:
         root = Path(root)
-        per_shot = _setting_int(settings, "train_frames_per_shot", 10)
+        per_shot = _setting_int(settings, "train_frames_per_shot", 0)
         boxes = _Boxes(_setting_float(settings, "box_tolerance", 0.02))
         loadmat = _loadmat()
         ranges_dir = _nested(root, "Ranges", f"ranges_{CLASSES[0]}.mat")
