@@ -85,9 +85,17 @@ class CamBank:
             if not torch.isfinite(m).all():
                 raise HarnessError("the classifier's CAMs hold NaN/inf: the classifier stage diverged")
             maps.append(_minmax(m).half())
-        all_maps = torch.cat(maps)
-        size = tuple(split.image(0).shape[:2])
-        bank = cls(all_maps, previous_frames(split, temporal), size, None)
+        return cls.from_maps(torch.cat(maps), split, temporal=temporal, roi=roi, batch_size=batch_size)
+
+    @classmethod
+    @torch.no_grad()
+    def from_maps(cls, maps: torch.Tensor, split: Split, *, temporal: int = 0, roi: str = "none",
+                  batch_size: int = 64) -> "CamBank":
+        """The bank of ready maps (N, h, w) in [0, 1], one per frame of ``split`` (any source:
+        a CAM, CLIP-ES), with its temporal window and region of interest."""
+        if roi not in ROI_MODES:
+            raise HarnessError(f"pseudo_labels.roi={roi!r}: use one of {', '.join(ROI_MODES)}")
+        bank = cls(maps, previous_frames(split, temporal), tuple(split.image(0).shape[:2]), None)
         if roi != "none":
             bank.roi = bank._rois(roi, batch_size)
         return bank

@@ -27,9 +27,20 @@ from harness.models.decoder import decoder_for
 from harness.cam import build_source
 
 
-def _section(cfg, key: str) -> dict:
+def section(cfg, key: str) -> dict:
+    """A config section as a plain dict (empty when absent)."""
     value = cfg.get(key, {})
     return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+
+
+def sgd_step_lr(params, d: dict):
+    """SGD and a per-epoch StepLR from a stage's section (lr, momentum, nesterov, weight_decay,
+    lr_decay_epochs, lr_decay): the optimizer of the decoder stages of the family and TrCAM-V."""
+    momentum = d.get("momentum", 0.9)
+    opt = torch.optim.SGD(params, lr=d["lr"], momentum=momentum, nesterov=bool(d.get("nesterov", False)) and momentum > 0,
+                          weight_decay=d.get("weight_decay", 1e-4))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=d.get("lr_decay_epochs", 1000), gamma=d.get("lr_decay", 0.1))
+    return opt, sched
 
 
 class DecoderStage(Stage):
@@ -37,26 +48,26 @@ class DecoderStage(Stage):
 
     def __init__(self, method: "FcamFamily", cfg):
         m = cfg.method
-        d = _section(m, "decoder")
+        d = section(m, "decoder")
         self.method = method
         self.epochs = int(d["epochs"])
         self.batch_size = int(d["batch_size"])
         self.hflip = bool(d.get("hflip", True))
         self.opt_cfg = d
-        pl = _section(m, "pseudo_labels")
+        pl = section(m, "pseudo_labels")
         self.roi = pl.pop("roi", "none")
         self.temporal = int(pl.pop("temporal", 0))
         try:
             self.sampler = SamplerConfig(**pl)
         except TypeError as exc:
             raise HarnessError(f"method.pseudo_labels: {exc}") from exc
-        losses = _section(m, "losses")
+        losses = section(m, "losses")
         check_terms(losses)
         self.pce = PartialCE(**losses.get("pce", {}))
         self.crf = DenseCRF(**losses.get("crf", {}))
         self.size = SizeBarrier(**losses.get("size", {}))
         self.coloc = ColorCoLoc(**losses.get("coloc", {"weight": 0.0}))
-        self.clips = _section(m, "clips") or {"n": 1}
+        self.clips = section(m, "clips") or {"n": 1}
         self.source = build_source(m.cam_source)  # the source's defaults
         self.bank: CamBank | None = None
         self.epoch = 1
@@ -66,12 +77,7 @@ class DecoderStage(Stage):
         return self.method.decoder.parameters()
 
     def optimizer(self):
-        d = self.opt_cfg
-        opt = torch.optim.SGD(self.method.decoder.parameters(), lr=d["lr"], momentum=d.get("momentum", 0.9),
-                              nesterov=bool(d.get("nesterov", False)) and d.get("momentum", 0.9) > 0,
-                              weight_decay=d.get("weight_decay", 1e-4))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=d.get("lr_decay_epochs", 1000), gamma=d.get("lr_decay", 0.1))
-        return opt, sched
+        return sgd_step_lr(self.method.decoder.parameters(), self.opt_cfg)
 
     def train_mode(self) -> None:
         self.method.classifier.eval()  # frozen: BatchNorm statistics stay the classifier's
@@ -126,7 +132,7 @@ class DecoderStage(Stage):
 class FcamFamily(ClassifierMethod):
     def __init__(self, cfg, num_classes: int):
         super().__init__(cfg, num_classes)
-        d = _section(cfg.method, "decoder")
+        d = section(cfg.method, "decoder")
         self.decoder = decoder_for(self.model, d.get("channels"))
         self.classifier = self.model
         self._stages = [ClassifierStage(self.model, cfg.classifier), DecoderStage(self, cfg)]

@@ -75,15 +75,22 @@ class ClassifierStage(Stage):
         return {k: v for k, v in self.cfg.to_dict().items() if k != "cache"}
 
 
+def shared_classifier(cfg, num_classes: int) -> tuple[Classifier, ClassifierStage]:
+    """The classifier of ``cfg.classifier`` and the stage that trains it (shared through the
+    stage cache by every method with the same settings)."""
+    c = cfg.classifier
+    model = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
+    return model, ClassifierStage(model, c)
+
+
 class ClassifierMethod(Method):
     """The classifier stage alone, its maps plain CAM; the CAM baselines change the map source,
     a CAM-based annotator uses it as is. Checkpoints hold ``{"classifier": ...}``."""
 
     def __init__(self, cfg, num_classes: int):
         super().__init__(cfg, num_classes)
-        c = cfg.classifier
-        self.model = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
-        self._stages = [ClassifierStage(self.model, c)]
+        self.model, stage = shared_classifier(cfg, num_classes)
+        self._stages = [stage]
 
     @property
     def stages(self):

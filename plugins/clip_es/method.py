@@ -45,11 +45,10 @@ class ClipEsMethod(Method):
         self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self.classifier = None
         if m.predictor == "classifier":
-            from harness.models.classifier import Classifier, ClassifierStage
+            from harness.models.classifier import shared_classifier
 
-            c = cfg.classifier
-            self.classifier = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
-            self._stages = [ClassifierStage(self.classifier, c), NoTrainingStage()]
+            self.classifier, stage = shared_classifier(cfg, num_classes)
+            self._stages = [stage, NoTrainingStage()]
         else:
             self._stages = [NoTrainingStage()]
 

@@ -197,7 +197,7 @@ def clip_es_maps(
             act = last.ln_1(x).detach().requires_grad_(True)  # Grad-CAM's layer: resblocks[-1].ln_1
             attended, w = attention(last, act, need_weights=True)
             y = visual.ln_post(block_rest(last, x, attended))
-            proj = visual.proj if visual.proj is not None else None
+            proj = visual.proj
             image_emb = y[:, 1:].mean(dim=1)
             cls_emb = y[:, 0]
             if proj is not None:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from harness.data.base import Split
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
-from harness.fcam.cam_bank import CamBank, previous_frames
+from harness.fcam.cam_bank import CamBank
 
 
 def clip_es_settings(overrides: dict) -> dict:
@@ -56,9 +56,5 @@ def build_bank(cfg, split: Split, device, num_classes: int, *, classifier=None, 
                normalization=None, progress: bool = True) -> CamBank:
     """The bank of the run's map source (see the module docstring)."""
     if cfg.method.map_source == "clip-es":
-        maps = clip_es_maps(cfg, split, device, num_classes, progress)
-        bank = CamBank(maps, previous_frames(split, 0), tuple(split.image(0).shape[:2]), None)
-        if roi != "none":
-            bank.roi = bank._rois(roi, 64)
-        return bank
+        return CamBank.from_maps(clip_es_maps(cfg, split, device, num_classes, progress), split, roi=roi)
     return CamBank.build(classifier, source, split, device, roi=roi, normalization=normalization, progress=progress)

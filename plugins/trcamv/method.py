@@ -18,17 +18,13 @@ from torch import nn
 from harness.cam import build_source
 from harness.errors import HarnessError
 from harness.fcam.losses import DenseCRF, PartialCE, SizeBarrier, check_terms, frames_255
+from harness.fcam.method import section, sgd_step_lr
 from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
 from harness.method import Method, Prediction, Stage
-from harness.models.classifier import Classifier, ClassifierStage
+from harness.models.classifier import shared_classifier
 
 from .maps import build_bank, clip_es_settings
 from .model import TrcamvNet, create_vit
-
-
-def _section(cfg, key: str) -> dict:
-    value = cfg.get(key, {})
-    return dict(value.to_dict() if hasattr(value, "to_dict") else value)
 
 
 class TrcamvStage(Stage):
@@ -36,20 +32,20 @@ class TrcamvStage(Stage):
 
     def __init__(self, method: "TrcamvMethod", cfg):
         m = cfg.method
-        t = _section(m, "train")
+        t = section(m, "train")
         self.method = method
         self.cfg = cfg
         self.epochs = int(t["epochs"])
         self.batch_size = int(t["batch_size"])
         self.hflip = bool(t.get("hflip", True))
         self.opt_cfg = t
-        pl = _section(m, "pseudo_labels")
+        pl = section(m, "pseudo_labels")
         self.roi = pl.pop("roi", "densest")
         try:
             self.sampler = SamplerConfig(**pl)
         except TypeError as exc:
             raise HarnessError(f"method.pseudo_labels: {exc}") from exc
-        losses = _section(m, "losses")
+        losses = section(m, "losses")
         self.cls_weight = float(losses.pop("cls", {}).get("weight", 1.0))
         check_terms(losses)
         self.pal = PartialCE(**losses.get("pce", {}))
@@ -63,11 +59,7 @@ class TrcamvStage(Stage):
         return self.method.net.parameters()
 
     def optimizer(self):
-        t = self.opt_cfg
-        opt = torch.optim.SGD(self.method.net.parameters(), lr=t["lr"], momentum=t.get("momentum", 0.9),
-                              weight_decay=t.get("weight_decay", 1e-4))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.get("lr_decay_epochs", 1000), gamma=t.get("lr_decay", 0.1))
-        return opt, sched
+        return sgd_step_lr(self.method.net.parameters(), self.opt_cfg)
 
     def train_mode(self) -> None:
         self.method.net.train()
@@ -109,7 +101,7 @@ class TrcamvMethod(Method):
     def __init__(self, cfg, num_classes: int):
         super().__init__(cfg, num_classes)
         m = cfg.method
-        b = _section(m, "backbone")
+        b = section(m, "backbone")
         sizes = {k: b[k] for k in ("depth", "embed_dim", "num_heads") if b.get(k) is not None}
         vit = create_vit(b.get("arch", "vit_small_patch16_224.dino"), b.get("pretrained"), sizes)
         self.net = TrcamvNet(vit, num_classes, tuple(m.get("decoder_channels") or (256, 128, 64, 32)))
@@ -121,9 +113,8 @@ class TrcamvMethod(Method):
         if m.map_source == "clip-es":
             clip_es_settings(dict(m.get("clip_es") or {}))  # bad keys fail now, not after other stages
         else:
-            c = cfg.classifier
-            self.classifier = Classifier(c.backbone, num_classes, c.feature_index, c.pretrained)
-            stages.append(ClassifierStage(self.classifier, c))
+            self.classifier, stage = shared_classifier(cfg, num_classes)
+            stages.append(stage)
         stages.append(TrcamvStage(self, cfg))
         self._stages = stages
 
