@@ -12,7 +12,8 @@ from harness.data.base import Frame, Split
 from harness.errors import HarnessError
 from harness.fcam.cam_bank import CamBank, largest_component, previous_frames
 from harness.fcam.clips import ClipBatchSampler, pick, shots
-from harness.fcam.pseudo_labels import IGNORE, SamplerConfig, otsu_threshold, regions, sample_labels
+from harness.fcam.pseudo_labels import (IGNORE, SamplerConfig, _otsu_floor, otsu_threshold, region_levels, regions,
+                                        sample_labels)
 
 
 # ------------------------------------------------------------------ pseudo-labels
@@ -100,6 +101,72 @@ def test_bad_sampler_settings_and_nan_maps():
         SamplerConfig(dilation=2)
     with pytest.raises(HarnessError, match="NaN"):
         sample_labels(torch.full((1, 3, 3), float("nan")), SamplerConfig())
+
+
+def test_otsu_floor_is_the_first_value_of_each_level_in_float32_and_float64():
+    t = torch.arange(0, 257)
+    for dtype in (torch.float32, torch.float64):
+        x = _otsu_floor(t, dtype)
+        assert torch.isinf(x[255:]).all()
+        x, tt = x[:255], t[:255].to(dtype)
+        below = torch.nextafter(x, torch.full_like(x, -1.0))
+        assert ((x.clamp(0, 1) * 255).floor() > tt).all()  # x is in the region
+        assert not ((below.clamp(0, 1) * 255).floor() > tt).any()  # the value below it is not
+
+
+def plain_regions(cams, cfg, roi=None):
+    """The definition, written out per map: Otsu's region (floor(255 m) > t), in the roi, its
+    top fg_top_p by value (ties kept); the bottom bg_p of the map or the complement; nothing for
+    a constant map."""
+    fgs, bgs = [], []
+    for i, m in enumerate(cams):
+        t = int(otsu_threshold(m[None])[0])
+        otsu = (m.clamp(0, 1) * 255).floor() > t
+        cand = otsu if roi is None else otsu & roi[i]
+        fg = cand.clone()
+        if cfg.fg_top_p < 1 and cand.any():
+            vals = m[cand].sort(descending=True).values
+            fg = cand & (m >= vals[math.ceil(cfg.fg_top_p * len(vals)) - 1])
+        if cfg.bg == "complement":
+            bg = ~otsu
+        else:
+            bg = m <= m.flatten().sort().values[max(1, int(cfg.bg_p * m.numel())) - 1]
+        if m.max() == m.min():
+            fg, bg = torch.zeros_like(fg), torch.zeros_like(bg)
+        fgs.append(fg)
+        bgs.append(bg)
+    return torch.stack(fgs), torch.stack(bgs)
+
+
+@pytest.mark.parametrize("cfg", [SamplerConfig(fg_top_p=0.3, bg_p=0.2), SamplerConfig(bg="complement"),
+                                 SamplerConfig(fg_top_p=0.05, bg="complement")])
+def test_regions_from_levels_equal_the_plain_definition(cfg):
+    g = torch.Generator().manual_seed(3)
+    cams = (torch.rand(6, 19, 23, generator=g) ** 2)
+    cams[1] = (cams[1] * 255).floor() / 255  # values exactly on the quantization levels
+    cams[2] = 0.4  # constant
+    cams[3, :5] = 1.0  # ties at the top
+    roi = torch.rand(6, 19, 23, generator=g) > 0.3
+    for r in (None, roi):
+        fg, bg = regions(cams, cfg, r)
+        pfg, pbg = plain_regions(cams, cfg, r)
+        assert torch.equal(fg, pfg) and torch.equal(bg, pbg)
+        assert fg.any() and bg.any() and not fg[2].any() and not bg[2].any()
+
+
+def test_a_bank_samples_from_levels_computed_once_as_from_its_maps():
+    g = torch.Generator().manual_seed(4)
+    maps = torch.rand(5, 6, 7, generator=g)
+    bank = CamBank(maps.half(), torch.arange(5)[:, None], (12, 14), None)
+    bank.roi = bank._rois("largest", 2)
+    cfg = SamplerConfig(k=3, fg_top_p=0.5, bg_p=0.2)
+    idx, flipped = torch.tensor([4, 0, 2]), torch.tensor([1, 0, 1])
+    got = bank.sample(idx, flipped, cfg, torch.Generator().manual_seed(9))
+    want = sample_labels(bank.get(idx, flipped), cfg, bank.get_roi(idx, flipped), torch.Generator().manual_seed(9))
+    assert torch.equal(got, want) and ((got == 1).sum((1, 2)) == 3).all()
+    assert len(bank._levels) == 1 and bank._levels[cfg].shape == (5, 2)  # every frame's, once
+    torch.testing.assert_close(bank._levels[cfg][idx], region_levels(bank.get(idx, flipped), cfg,
+                                                                     bank.get_roi(idx, flipped)), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------ frames, shots, clips

@@ -23,7 +23,7 @@ from harness.cam import run_source
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.fcam import components
-from harness.fcam.pseudo_labels import otsu_threshold
+from harness.fcam.pseudo_labels import SamplerConfig, otsu_threshold, region_levels, sample_labels
 
 ROI_MODES = ("none", "largest", "largest-box", "densest")
 
@@ -66,6 +66,7 @@ class CamBank:
         self.previous = previous.to(maps.device)  # (N, temporal + 1)
         self.size = size
         self.roi = roi  # (N, H, W) bool or None
+        self._levels: dict[SamplerConfig, torch.Tensor] = {}  # per sampler: each frame's region_levels
 
     @classmethod
     @torch.no_grad()
@@ -104,12 +105,24 @@ class CamBank:
         """(B, H, W) maps in [0, 1] of frames ``indices`` (max over the temporal window)."""
         idx = self.previous[indices.to(self.previous.device)]  # (B, n + 1)
         b, k = idx.shape
-        m = self.maps[idx.reshape(-1)].float()[:, None]
-        up = F.interpolate(m, size=self.size, mode="bilinear", align_corners=False)[:, 0]
-        out = up.reshape(b, k, *self.size).amax(1)
+        m = self.maps[idx.reshape(-1)].float()
+        if tuple(m.shape[-2:]) != tuple(self.size):  # (bilinear at the same size is the identity)
+            m = F.interpolate(m[:, None], size=self.size, mode="bilinear", align_corners=False)[:, 0]
+        out = m.reshape(b, k, *self.size).amax(1)
         if flipped is not None:
             out = torch.where(flipped.to(out.device).bool()[:, None, None], out.flip(-1), out)
         return out
+
+    def sample(self, indices: torch.Tensor, flipped: torch.Tensor | None, cfg: SamplerConfig,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pseudo-labels (B, H, W) of frames ``indices`` drawn anew (``sample_labels``). The maps
+        are fixed, so what fixes each frame's regions (Otsu level, top and bottom thresholds) is
+        computed once for all frames, on first use, instead of at every step."""
+        levels = self._levels.get(cfg)
+        if levels is None:
+            levels = self._levels[cfg] = self._each_frame(lambda i: region_levels(self.get(i), cfg, self.get_roi(i)))
+        return sample_labels(self.get(indices, flipped), cfg, self.get_roi(indices, flipped), generator,
+                             levels[indices.to(levels.device)])
 
     def get_roi(self, indices: torch.Tensor, flipped: torch.Tensor | None = None) -> torch.Tensor | None:
         if self.roi is None:
@@ -120,11 +133,14 @@ class CamBank:
         return r
 
     def _rois(self, mode: str, batch_size: int) -> torch.Tensor:
-        rois = torch.zeros(len(self.maps), *self.size, dtype=torch.bool, device=self.maps.device)
-        for start in range(0, len(self.maps), batch_size):
-            stop = min(start + batch_size, len(self.maps))
-            rois[start:stop] = roi_of(self.get(torch.arange(start, stop, device=self.maps.device)), mode)
-        return rois
+        return self._each_frame(lambda i: roi_of(self.get(i), mode), batch_size)
+
+    @torch.no_grad()
+    def _each_frame(self, fn, batch_size: int = 64) -> torch.Tensor:
+        """``fn(indices)`` over all frames in batches, concatenated."""
+        n = len(self.maps)
+        return torch.cat([fn(torch.arange(s, min(s + batch_size, n), device=self.maps.device))
+                          for s in range(0, n, batch_size)])
 
 
 def otsu_region(maps: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness.fcam.cam_bank import CamBank
 from harness.fcam.clips import ClipBatchSampler
 from harness.fcam.losses import ColorCoLoc, DenseCRF, PartialCE, SizeBarrier, check_terms, frames_255
-from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
+from harness.fcam.pseudo_labels import SamplerConfig
 from harness.method import Prediction, Stage
 from harness.models.classifier import ClassifierMethod, ClassifierStage
 from harness.models.decoder import decoder_for
@@ -104,8 +104,7 @@ class DecoderStage(Stage):
             feats = [f.detach() for f in m.classifier.features(images)]
         logits = m.decoder(feats, tuple(images.shape[-2:]))
         probs = logits.softmax(1)
-        cams = self.bank.get(batch["index"], batch.get("flipped"))
-        labels = sample_labels(cams, self.sampler, self.bank.get_roi(batch["index"], batch.get("flipped")))
+        labels = self.bank.sample(batch["index"], batch.get("flipped"), self.sampler)
         scalars, total = {}, logits.sum() * 0.0
         e = self.epoch
         if self.pce.active(e):

@@ -15,7 +15,8 @@ The F-CAM family's sampling regions (F-CAM Eq. 1-2, TCAM Eq. 2-3, CoLo-CAM Eq. 7
   both is unknown.
 
 Everything is batched tensor work (Otsu from per-image histograms, Gumbel-top-k draws), so a
-batch is labelled without leaving the device.
+batch is labelled without leaving the device. What fixes the regions of a map (its
+:func:`region_levels`) can be computed once for a bank of fixed maps.
 """
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
     A constant map gets ``bins - 1`` (empty foreground)."""
     b = maps.shape[0]
     q = (maps.clamp(0, 1) * (bins - 1)).floor().long().reshape(b, -1)
-    hist = torch.zeros(b, bins, device=maps.device, dtype=torch.float64)
-    hist.scatter_add_(1, q, torch.ones_like(q, dtype=torch.float64))
+    # one bincount over row-offset levels: a float64 scatter_add_ per row was 4x slower on CPU
+    q += torch.arange(b, device=maps.device)[:, None] * bins
+    hist = torch.bincount(q.reshape(-1), minlength=b * bins).reshape(b, bins).double()
     levels = torch.arange(bins, device=maps.device, dtype=torch.float64)
     w0 = hist.cumsum(1)  # pixels at or below each level
     m0 = (hist * levels).cumsum(1)
@@ -73,76 +75,117 @@ def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
     return torch.where(between.amax(1) < 0, torch.full_like(t, bins - 1), t)
 
 
-def _gumbel_topk(weights: torch.Tensor, k: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Indices (B, k) of k draws without replacement with probabilities proportional to
-    ``weights`` (B, N) >= 0 (Gumbel-top-k); -1 where a row has fewer than k positive weights."""
-    u = torch.rand(weights.shape, device=weights.device, generator=generator).clamp_(1e-20, 1.0)
-    keys = torch.where(weights > 0, weights.clamp_min(1e-30).log() - (-u.log()).log(),
-                       torch.full_like(weights, -float("inf")))
-    k = min(k, weights.shape[1])
-    vals, idx = keys.topk(k, dim=1)
-    return torch.where(torch.isfinite(vals), idx, torch.full_like(idx, -1))
+def _draw(mask: torch.Tensor, weights: torch.Tensor | None, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Indices (B, k) of k draws without replacement among each row's candidates ``mask`` (B, N),
+    with probabilities proportional to ``weights`` (B, N) there, floored at 1e-6 (None: uniform);
+    -1 where a row has fewer than k candidates.
+
+    Gumbel-top-k (the k largest ``log w_i + G_i``, ``G = -log(-log u)``), ordered by the monotone
+    ``w_i / (-log u_i)``: the same draws with one log instead of three; uniform draws order by
+    ``u`` itself. Random numbers are drawn for the candidates only (a few percent of the pixels:
+    drawing them for every pixel was most of a step's sampling time at 224x224 on CPU); they
+    are packed into a (B, widest row) matrix for one top-k."""
+    b = mask.shape[0]
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major, so each row's candidates are contiguous
+    u = torch.rand(rows.shape, device=mask.device, generator=generator)
+    keys = u if weights is None else weights[rows, cols].clamp_min(1e-6) / -u.clamp_(min=1e-20).log()
+    counts = torch.bincount(rows, minlength=b)
+    pos = torch.arange(len(rows), device=mask.device) - (counts.cumsum(0) - counts)[rows]
+    width = max(k, int(counts.max())) if len(rows) else k
+    packed = torch.full((b, width), -1.0, dtype=keys.dtype, device=mask.device)
+    packed[rows, pos] = keys
+    where = torch.full((b, width), -1, dtype=torch.long, device=mask.device)
+    where[rows, pos] = cols
+    vals, j = packed.topk(k, dim=1)
+    return torch.where(vals >= 0, where.gather(1, j), torch.full_like(j, -1))
 
 
-def _kth_largest_mask(values: torch.Tensor, candidates: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Within each row's candidates, the top ``ceil(fraction * count)`` by value (ties kept)."""
-    if fraction >= 1:
-        return candidates
-    v = torch.where(candidates, values, torch.full_like(values, -float("inf")))
-    count = candidates.sum(1)
-    keep = (count.float() * fraction).ceil().long().clamp_min(1).clamp_max(v.shape[1])
-    # the largest `keep` of each row, from one topk as deep as the deepest row (a full sort of
-    # every row is what made this the slowest part of a step at 224x224)
-    top = v.topk(int(keep.max()), dim=1).values
-    thr = top.gather(1, (keep - 1)[:, None])
-    return candidates & (v >= thr)
+def _otsu_floor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smallest map value ``x`` of ``dtype`` with ``floor(255 clamp(x, 0, 1)) > t``, per level
+    ``t`` (B,) (+inf for ``t >= 255``): Otsu's region becomes the one comparison ``map >= x``.
+    ``(t + 1) / 255`` is within an ulp of it; the predicate is monotone in x, so the first of
+    the neighbours around it that passes is the one."""
+    x0 = ((t + 1).to(torch.float64) / 255).to(dtype)
+    cands = [x0]
+    for _ in range(3):
+        cands = [torch.nextafter(cands[0], torch.full_like(x0, -1.0))] + cands + \
+                [torch.nextafter(cands[-1], torch.full_like(x0, 2.0))]
+    c = torch.stack(cands, 1)  # ascending
+    passes = (c.clamp(0, 1) * 255).floor() > t[:, None].to(dtype)
+    first = c.gather(1, passes.long().argmax(1, keepdim=True))[:, 0]
+    return torch.where(t >= 255, torch.full_like(first, float("inf")), first)
 
 
-def regions(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None):
-    """Foreground and background candidate masks (B, H, W) of maps in [0, 1]."""
+def region_levels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None) -> torch.Tensor:
+    """What fixes the sampling regions of maps (B, H, W) in [0, 1]: (B, 2) in the maps' dtype, a
+    lower bound on the foreground (``map >= fg_lo``: above Otsu's level and in the top
+    ``fg_top_p`` of the candidates) and an upper bound on the background (``map <= bg_hi``: the
+    bottom ``bg_p``, or below Otsu's level). A constant map has no information: no seeds
+    (``+inf``, ``-inf``). They depend on the map and its region of interest only, not on a
+    flip, so a bank of fixed maps computes them once (``CamBank.sample``), not at every step."""
     b, h, w = cams.shape
-    t = otsu_threshold(cams)
-    q = (cams.clamp(0, 1) * 255).floor()
-    otsu = q > t[:, None, None]
-    fg = otsu if roi is None else otsu & roi
+    otsu_lo = _otsu_floor(otsu_threshold(cams), cams.dtype)
     flat = cams.reshape(b, -1)
-    fg = _kth_largest_mask(flat, fg.reshape(b, -1), cfg.fg_top_p).reshape(b, h, w)
+    fg_lo = otsu_lo
+    if cfg.fg_top_p < 1:
+        candidates = flat >= otsu_lo[:, None]
+        if roi is not None:
+            candidates &= roi.reshape(b, -1)
+        v = torch.where(candidates, flat, torch.full_like(flat, -float("inf")))
+        keep = (candidates.sum(1).double() * cfg.fg_top_p).ceil().long().clamp_min(1).clamp_max(v.shape[1])
+        # the largest `keep` of each row, from one topk as deep as the deepest row (a full sort of
+        # every row is what made this the slowest part of a step at 224x224)
+        fg_lo = torch.maximum(fg_lo, v.topk(int(keep.max()), dim=1).values.gather(1, (keep - 1)[:, None])[:, 0])
     if cfg.bg == "complement":
-        bg = ~otsu
+        bg_hi = torch.nextafter(otsu_lo, torch.full_like(otsu_lo, -float("inf")))
     else:
-        n = max(1, int(cfg.bg_p * h * w))
-        thr = flat.kthvalue(n, dim=1, keepdim=True).values  # the n-th lowest, as sort()[n - 1]
-        bg = (flat <= thr).reshape(b, h, w)
-    constant = flat.amax(1) == flat.amin(1)  # no information: no seeds (as the reference)
-    fg = fg & ~constant[:, None, None]
-    bg = bg & ~constant[:, None, None]
-    return fg, bg
+        bg_hi = flat.kthvalue(max(1, int(cfg.bg_p * h * w)), dim=1).values  # the n-th lowest, as sort()[n - 1]
+    constant = flat.amax(1) == flat.amin(1)
+    fg_lo = torch.where(constant, torch.full_like(fg_lo, float("inf")), fg_lo)
+    bg_hi = torch.where(constant, torch.full_like(bg_hi, -float("inf")), bg_hi)
+    return torch.stack([fg_lo, bg_hi], 1)
+
+
+def regions(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None,
+            levels: torch.Tensor | None = None):
+    """Foreground and background candidate masks (B, H, W) of maps in [0, 1], from their
+    ``levels`` (:func:`region_levels`, computed here when not given)."""
+    if levels is None:
+        levels = region_levels(cams, cfg, roi)
+    fg = cams >= levels[:, 0, None, None]
+    if roi is not None:
+        fg &= roi
+    return fg, cams <= levels[:, 1, None, None]
 
 
 def sample_labels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pseudo-label maps (B, H, W) long: 1 foreground seed, 0 background seed, IGNORE elsewhere."""
+                  generator: torch.Generator | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
+    """Pseudo-label maps (B, H, W) long: 1 foreground seed, 0 background seed, IGNORE elsewhere
+    (``levels``: the maps' :func:`region_levels`, when already known)."""
     if cams.dim() != 3:
         raise HarnessError(f"pseudo-labels need maps (B, H, W), got shape {tuple(cams.shape)}")
-    if not torch.isfinite(cams).all():
+    if not torch.isfinite(cams.sum(dtype=torch.float64)):  # (finite float32 maps cannot overflow it)
         raise HarnessError("pseudo-labels: the CAMs hold NaN/inf; the classifier stage diverged")
     b, h, w = cams.shape
-    fg, bg = regions(cams, cfg, roi)
+    fg, bg = regions(cams, cfg, roi, levels)
     flat = cams.reshape(b, -1)
-    fg_w = fg.reshape(b, -1).to(flat.dtype) * (flat.clamp_min(1e-6) if cfg.fg_draw == "multinomial" else 1.0)
-    fg_idx = _gumbel_topk(fg_w, cfg.k, generator)
-    bg_idx = _gumbel_topk(bg.reshape(b, -1).to(flat.dtype), cfg.k, generator)
-    seeds = torch.zeros(2, b, h * w, device=cams.device)
+    fg_idx = _draw(fg.reshape(b, -1), None if cfg.fg_draw == "uniform" else flat, cfg.k, generator)
+    bg_idx = _draw(bg.reshape(b, -1), None, cfg.k, generator)
+    # the extra column takes the -1s (no draw); a pixel drawn as both is unknown
+    no = h * w
+    labels = torch.full((b, no + 1), IGNORE, dtype=torch.long, device=cams.device)
+    if cfg.dilation == 1:
+        fg_pos, bg_pos = (torch.where(i >= 0, i, no) for i in (fg_idx, bg_idx))
+        both = (fg_pos[:, :, None] == bg_pos[:, None, :]).any(2)
+        labels.scatter_(1, bg_pos, 0).scatter_(1, fg_pos, 1).scatter_(1, torch.where(both, fg_pos, no), IGNORE)
+        return labels[:, :no].reshape(b, h, w)
+    seeds = torch.zeros(2, b, no + 1, device=cams.device)
     for c, idx in ((0, bg_idx), (1, fg_idx)):
-        valid = idx >= 0
-        rows = torch.arange(b, device=cams.device)[:, None].expand_as(idx)
-        seeds[c][rows[valid], idx[valid]] = 1.0
-    seeds = seeds.reshape(2, b, 1, h, w)
-    if cfg.dilation > 1:
-        r = cfg.dilation // 2
-        seeds = torch.stack([F.max_pool2d(s, cfg.dilation, stride=1, padding=r) for s in seeds])
-    bg_s, fg_s = seeds[0, :, 0] > 0, seeds[1, :, 0] > 0
-    labels = torch.full((b, h, w), IGNORE, dtype=torch.long, device=cams.device)
+        seeds[c].scatter_(1, torch.where(idx >= 0, idx, no), 1.0)
+    r = cfg.dilation // 2
+    seeds = F.max_pool2d(seeds[:, :, :no].reshape(2 * b, 1, h, w), cfg.dilation, stride=1, padding=r) > 0
+    bg_s, fg_s = seeds.reshape(2, b, no)
+    labels = labels[:, :no]
     labels[bg_s & ~fg_s] = 0
     labels[fg_s & ~bg_s] = 1
-    return labels
+    return labels.reshape(b, h, w)

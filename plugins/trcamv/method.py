@@ -19,7 +19,7 @@ from harness.cam import build_source
 from harness.errors import HarnessError
 from harness.fcam.losses import DenseCRF, PartialCE, SizeBarrier, check_terms, frames_255
 from harness.fcam.method import section, sgd_step_lr
-from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
+from harness.fcam.pseudo_labels import SamplerConfig
 from harness.method import Method, Prediction, Stage
 from harness.models.classifier import shared_classifier
 
@@ -77,8 +77,7 @@ class TrcamvStage(Stage):
         m = self.method
         class_logits, seg_logits = m.net(images)
         probs = seg_logits.softmax(1)
-        cams = self.bank.get(batch["index"], batch.get("flipped"))
-        pixels = sample_labels(cams, self.sampler, self.bank.get_roi(batch["index"], batch.get("flipped")))
+        pixels = self.bank.sample(batch["index"], batch.get("flipped"), self.sampler)
         e = self.epoch
         ce = F.cross_entropy(class_logits, labels)
         total, scalars = self.cls_weight * ce, {"cls": ce.item()}
