@@ -114,23 +114,29 @@ def test_otsu_floor_is_the_first_value_of_each_level_in_float32_and_float64():
         assert not ((below.clamp(0, 1) * 255).floor() > tt).any()  # the value below it is not
 
 
-def plain_regions(cams, cfg, roi=None):
-    """The definition, written out per map: Otsu's region (floor(255 m) > t), in the roi, its
-    top fg_top_p by value (ties kept); the bottom bg_p of the map or the complement; nothing for
-    a constant map."""
+def plain_regions(cams, cfg, roi=None, bg_roi=None):
+    """The definition, written out per map: Otsu's region (floor(255 m) > t; everything unless
+    fg_otsu), in the roi, its top fg_top_p by value (ties kept); the bottom bg_p of the map (of
+    the bg_roi's pixels) or the complement; nothing for a constant map."""
     fgs, bgs = [], []
     for i, m in enumerate(cams):
         t = int(otsu_threshold(m[None])[0])
         otsu = (m.clamp(0, 1) * 255).floor() > t
-        cand = otsu if roi is None else otsu & roi[i]
+        cand = otsu if cfg.fg_otsu else torch.ones_like(otsu)
+        cand = cand if roi is None else cand & roi[i]
         fg = cand.clone()
         if cfg.fg_top_p < 1 and cand.any():
             vals = m[cand].sort(descending=True).values
             fg = cand & (m >= vals[math.ceil(cfg.fg_top_p * len(vals)) - 1])
         if cfg.bg == "complement":
             bg = ~otsu
-        else:
+        elif bg_roi is None:
             bg = m <= m.flatten().sort().values[max(1, int(cfg.bg_p * m.numel())) - 1]
+        else:
+            vals = m[bg_roi[i]].sort().values
+            bg = m <= vals[max(1, int(cfg.bg_p * len(vals))) - 1] if len(vals) else torch.zeros_like(otsu)
+        if bg_roi is not None:
+            bg = bg & bg_roi[i]
         if m.max() == m.min():
             fg, bg = torch.zeros_like(fg), torch.zeros_like(bg)
         fgs.append(fg)
@@ -139,7 +145,8 @@ def plain_regions(cams, cfg, roi=None):
 
 
 @pytest.mark.parametrize("cfg", [SamplerConfig(fg_top_p=0.3, bg_p=0.2), SamplerConfig(bg="complement"),
-                                 SamplerConfig(fg_top_p=0.05, bg="complement")])
+                                 SamplerConfig(fg_top_p=0.05, bg="complement"),
+                                 SamplerConfig(fg_top_p=0.2, bg_p=0.3, fg_otsu=False)])
 def test_regions_from_levels_equal_the_plain_definition(cfg):
     g = torch.Generator().manual_seed(3)
     cams = (torch.rand(6, 19, 23, generator=g) ** 2)
@@ -147,11 +154,25 @@ def test_regions_from_levels_equal_the_plain_definition(cfg):
     cams[2] = 0.4  # constant
     cams[3, :5] = 1.0  # ties at the top
     roi = torch.rand(6, 19, 23, generator=g) > 0.3
-    for r in (None, roi):
-        fg, bg = regions(cams, cfg, r)
-        pfg, pbg = plain_regions(cams, cfg, r)
+    bg_roi = torch.rand(6, 19, 23, generator=g) > 0.5
+    bg_roi[5] = False  # no background allowed at all
+    for r, br in ((None, None), (roi, None), (roi, bg_roi), (None, bg_roi)):
+        fg, bg = regions(cams, cfg, r, bg_roi=br)
+        pfg, pbg = plain_regions(cams, cfg, r, br)
         assert torch.equal(fg, pfg) and torch.equal(bg, pbg)
         assert fg.any() and bg.any() and not fg[2].any() and not bg[2].any()
+        assert br is None or not bg[5].any()
+
+
+def test_balanced_draws_as_many_background_as_foreground_seeds():
+    m = bimodal(b=2)  # 20 foreground pixels
+    bg_roi = torch.zeros(2, 12, 16, dtype=torch.bool)
+    bg_roi[0, 0, :2] = True  # two background pixels allowed in frame 0, none in frame 1
+    g = torch.Generator().manual_seed(0)
+    for balanced, fg_n, bg_n in ((False, [5, 5], [2, 0]), (True, [2, 0], [2, 0])):
+        lab = sample_labels(m, SamplerConfig(k=5, bg="bottom", bg_p=1.0, balanced=balanced), generator=g, bg_roi=bg_roi)
+        assert (lab == 1).sum((1, 2)).tolist() == fg_n and (lab == 0).sum((1, 2)).tolist() == bg_n
+        assert (lab[0] == 0).sum() == (lab[0, 0, :2] == 0).sum()  # only where allowed
 
 
 def test_a_bank_samples_from_levels_computed_once_as_from_its_maps():

@@ -41,6 +41,9 @@ class SamplerConfig:
     bg: str = "bottom"  # "bottom": lowest bg_p of all pixels; "complement": outside the Otsu region
     bg_p: float = 0.1
     dilation: int = 1  # 1: single pixels; 3: 3x3 patches (authors' code)
+    fg_otsu: bool = True  # foreground candidates lie above the map's Otsu level (False: DiPS, the
+    # top fg_top_p of the region of interest alone)
+    balanced: bool = False  # as many background as foreground seeds in each frame (DiPS)
 
     def __post_init__(self):
         if self.k < 1:
@@ -116,30 +119,42 @@ def _otsu_floor(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(t >= 255, torch.full_like(first, float("inf")), first)
 
 
-def region_levels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None) -> torch.Tensor:
+def _kth(values: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Per row of ``values`` (B, N), the ``k``-th (B,) >= 1 largest (or smallest) value among the
+    ``candidates``; -inf (+inf) where a row has fewer. One topk as deep as the deepest row: a full
+    sort of every row was the slowest part of a step at 224x224."""
+    fill = -float("inf") if largest else float("inf")
+    v = torch.where(candidates, values, torch.full_like(values, fill))
+    k = k.clamp(1, v.shape[1])
+    return v.topk(int(k.max()), dim=1, largest=largest).values.gather(1, (k - 1)[:, None])[:, 0]
+
+
+def region_levels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None,
+                  bg_roi: torch.Tensor | None = None) -> torch.Tensor:
     """What fixes the sampling regions of maps (B, H, W) in [0, 1]: (B, 2) in the maps' dtype, a
-    lower bound on the foreground (``map >= fg_lo``: above Otsu's level and in the top
-    ``fg_top_p`` of the candidates) and an upper bound on the background (``map <= bg_hi``: the
-    bottom ``bg_p``, or below Otsu's level). A constant map has no information: no seeds
-    (``+inf``, ``-inf``). They depend on the map and its region of interest only, not on a
-    flip, so a bank of fixed maps computes them once (``CamBank.sample``), not at every step."""
+    lower bound on the foreground (``map >= fg_lo``: above Otsu's level unless not
+    ``cfg.fg_otsu``, and in the top ``fg_top_p`` of the candidates in ``roi``) and an upper bound
+    on the background (``map <= bg_hi``: the bottom ``bg_p`` of the pixels, of those in
+    ``bg_roi`` when given, or below Otsu's level). A constant map has no information: no seeds
+    (``+inf``, ``-inf``). They depend on the map and the two regions only, not on a flip, so a
+    bank of fixed maps computes them once (``CamBank.sample``), not at every step."""
     b, h, w = cams.shape
-    otsu_lo = _otsu_floor(otsu_threshold(cams), cams.dtype)
     flat = cams.reshape(b, -1)
-    fg_lo = otsu_lo
+    otsu_lo = _otsu_floor(otsu_threshold(cams), cams.dtype)
+    fg_lo = otsu_lo if cfg.fg_otsu else torch.full_like(otsu_lo, -float("inf"))
     if cfg.fg_top_p < 1:
-        candidates = flat >= otsu_lo[:, None]
+        candidates = flat >= fg_lo[:, None]
         if roi is not None:
             candidates &= roi.reshape(b, -1)
-        v = torch.where(candidates, flat, torch.full_like(flat, -float("inf")))
-        keep = (candidates.sum(1).double() * cfg.fg_top_p).ceil().long().clamp_min(1).clamp_max(v.shape[1])
-        # the largest `keep` of each row, from one topk as deep as the deepest row (a full sort of
-        # every row is what made this the slowest part of a step at 224x224)
-        fg_lo = torch.maximum(fg_lo, v.topk(int(keep.max()), dim=1).values.gather(1, (keep - 1)[:, None])[:, 0])
+        keep = (candidates.sum(1).double() * cfg.fg_top_p).ceil().long()
+        fg_lo = torch.maximum(fg_lo, _kth(flat, candidates, keep, largest=True))
     if cfg.bg == "complement":
         bg_hi = torch.nextafter(otsu_lo, torch.full_like(otsu_lo, -float("inf")))
-    else:
+    elif bg_roi is None:
         bg_hi = flat.kthvalue(max(1, int(cfg.bg_p * h * w)), dim=1).values  # the n-th lowest, as sort()[n - 1]
+    else:
+        allowed = bg_roi.reshape(b, -1)
+        bg_hi = _kth(flat, allowed, (allowed.sum(1).double() * cfg.bg_p).long(), largest=False)
     constant = flat.amax(1) == flat.amin(1)
     fg_lo = torch.where(constant, torch.full_like(fg_lo, float("inf")), fg_lo)
     bg_hi = torch.where(constant, torch.full_like(bg_hi, -float("inf")), bg_hi)
@@ -147,30 +162,39 @@ def region_levels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | No
 
 
 def regions(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None,
-            levels: torch.Tensor | None = None):
+            levels: torch.Tensor | None = None, bg_roi: torch.Tensor | None = None):
     """Foreground and background candidate masks (B, H, W) of maps in [0, 1], from their
     ``levels`` (:func:`region_levels`, computed here when not given)."""
     if levels is None:
-        levels = region_levels(cams, cfg, roi)
+        levels = region_levels(cams, cfg, roi, bg_roi)
     fg = cams >= levels[:, 0, None, None]
     if roi is not None:
         fg &= roi
-    return fg, cams <= levels[:, 1, None, None]
+    bg = cams <= levels[:, 1, None, None]
+    if bg_roi is not None:
+        bg &= bg_roi
+    return fg, bg
 
 
 def sample_labels(cams: torch.Tensor, cfg: SamplerConfig, roi: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None, levels: torch.Tensor | None = None) -> torch.Tensor:
-    """Pseudo-label maps (B, H, W) long: 1 foreground seed, 0 background seed, IGNORE elsewhere
-    (``levels``: the maps' :func:`region_levels`, when already known)."""
+                  generator: torch.Generator | None = None, levels: torch.Tensor | None = None,
+                  bg_roi: torch.Tensor | None = None) -> torch.Tensor:
+    """Pseudo-label maps (B, H, W) long: 1 foreground seed, 0 background seed, IGNORE elsewhere.
+    ``roi`` / ``bg_roi`` (B, H, W) bool: where foreground / background seeds may fall (None:
+    anywhere); ``levels``: the maps' :func:`region_levels`, when already known."""
     if cams.dim() != 3:
         raise HarnessError(f"pseudo-labels need maps (B, H, W), got shape {tuple(cams.shape)}")
     if not torch.isfinite(cams.sum(dtype=torch.float64)):  # (finite float32 maps cannot overflow it)
         raise HarnessError("pseudo-labels: the CAMs hold NaN/inf; the classifier stage diverged")
     b, h, w = cams.shape
-    fg, bg = regions(cams, cfg, roi, levels)
+    fg, bg = regions(cams, cfg, roi, levels, bg_roi)
     flat = cams.reshape(b, -1)
     fg_idx = _draw(fg.reshape(b, -1), None if cfg.fg_draw == "uniform" else flat, cfg.k, generator)
     bg_idx = _draw(bg.reshape(b, -1), None, cfg.k, generator)
+    if cfg.balanced:  # keep the first n of each draw (a draw without replacement of n), n the smaller count
+        n = torch.minimum((fg_idx >= 0).sum(1), (bg_idx >= 0).sum(1))[:, None]
+        cut = torch.arange(fg_idx.shape[1], device=cams.device)[None] >= n
+        fg_idx, bg_idx = fg_idx.masked_fill(cut, -1), bg_idx.masked_fill(cut, -1)
     # the extra column takes the -1s (no draw); a pixel drawn as both is unknown
     no = h * w
     labels = torch.full((b, no + 1), IGNORE, dtype=torch.long, device=cams.device)
