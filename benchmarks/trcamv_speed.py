@@ -32,7 +32,8 @@ from tabulate import tabulate
 from harness.fcam.cam_bank import CamBank, previous_frames
 from harness.fcam.losses import DenseCRF, PartialCE, SizeBarrier, frames_255
 from harness.fcam.pseudo_labels import IGNORE, SamplerConfig
-from harness.plugins.trcamv.model import TrcamvNet, create_vit
+from harness.models.vit import create_vit
+from harness.plugins.trcamv.model import TrcamvNet
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -17,7 +17,8 @@ from harness.errors import HarnessError
 from harness.fcam.cam_bank import CamBank, previous_frames
 from harness.fcam.pseudo_labels import IGNORE, SamplerConfig, otsu_threshold, regions, sample_labels
 from harness.leaderboard.runs import fitting_tables, load_record
-from harness.plugins.trcamv.model import TrcamvNet, create_vit
+from harness.models.vit import create_vit
+from harness.plugins.trcamv.model import TrcamvNet
 
 from conftest import TINY_YTO
 
@@ -47,7 +48,7 @@ def test_the_localization_head_reads_the_patch_tokens_and_the_class_token():
     net = tiny_net().eval()
     x = torch.randn(1, 3, 64, 64)
     seen = []
-    net.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0][0]))
+    net.decoder.center.register_forward_pre_hook(lambda m, a: seen.append(a[0]))  # the grid it decodes
     with torch.no_grad():
         net(x)
         tokens = net.backbone.forward_features(x)

@@ -234,3 +234,25 @@ def decoder_for(classifier, decoder_channels: Sequence[int] | None = None, cente
         center=center,
         out_channels=out_channels,
     )
+
+
+class TokenDecoder(UNetDecoder):
+    """The U-Net decoder over a ViT's last tokens, the localization head of TrCAM-V (G) and DiPS
+    (f_l, ``variant=ivc``): the patch tokens laid out on their token grid, concatenated with the
+    class token broadcast over it, decoded with no skip connections (one x2 block per halving
+    of the patch size, e.g. four for 16-pixel patches) to ``out_channels`` at the frame size.
+    The papers give no design; this one is documented in docs/trcamv.md and docs/dips.md."""
+
+    def __init__(self, embed_dim: int, patch: int, decoder_channels=(256, 128, 64, 32), out_channels: int = 2):
+        super().__init__([2 * embed_dim], [int(patch)], decoder_channels, out_channels=out_channels)
+        self.patch = int(patch)
+
+    def forward(self, tokens: torch.Tensor, num_prefix: int, size: Sequence[int]) -> torch.Tensor:
+        """``tokens`` (B, num_prefix + gh * gw, D) with the class token first -> logits (B, out, H, W)."""
+        b = tokens.shape[0]
+        h, w = size
+        gh, gw = -(-h // self.patch), -(-w // self.patch)  # timm's dynamic_img_pad rounds up
+        cls = tokens[:, 0]
+        patches = tokens[:, num_prefix:].transpose(1, 2).reshape(b, -1, gh, gw)
+        grid = torch.cat([patches, cls[:, :, None, None].expand(-1, -1, gh, gw)], dim=1)
+        return super().forward([grid], (h, w))
