@@ -120,6 +120,15 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise HarnessError(f"{path} is not a readable {what} ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
 
+def save_tensors(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` of tensors and plain data, atomically (see :func:`atomic_path`); read back
+    with :func:`load_tensors`."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain data only, never code. A file
     that is damaged, or holds other Python objects, is a one-line :class:`HarnessError`

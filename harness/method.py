@@ -115,6 +115,12 @@ class Method(ABC):
     def predict(self, images: torch.Tensor, classes: torch.Tensor) -> Prediction:
         """Localization maps for ``classes`` (one per image) and class scores."""
 
+    def provenance(self) -> dict:
+        """Facts about how this method was built that its results should carry, as plain JSON
+        data (e.g. which weights were loaded, or that an encoder was fine-tuned for want of
+        them): the run's result.json keeps them under ``method_provenance``."""
+        return {}
+
     def to(self, device: torch.device) -> "Method":
         for module in self.modules().values():
             module.to(device)

@@ -581,6 +581,9 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     }
     if record["train_frames"]["per_shot_per_epoch"]:
         record["train_frames"]["stages_with_own_batches"] = _own_batch_stages(method, dataset, cfg)
+    facts = _method_provenance(method, cfg)
+    if facts:
+        record["method_provenance"] = facts
     results.write_result(run_dir, record)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
@@ -677,6 +680,21 @@ def train_frames_summary(cfg, dataset) -> dict:
     anew each epoch (``loader.train_frames_per_shot``; 0: every train frame every epoch, always so
     on an image dataset). The run's result adds the stages that drew their own batches instead."""
     return {"per_shot_per_epoch": effective_frames_per_shot(cfg, dataset)}
+
+
+def _method_provenance(method: Method, cfg) -> dict:
+    """``method.provenance()``, or {} with a warning when it is not plain JSON data (a plugin's
+    bad return value costs its line in the record, never the run)."""
+    with plugin_code(_method_who(cfg), "provenance()"):
+        facts = method.provenance()
+    try:
+        if not isinstance(facts, dict):
+            raise TypeError(f"a {type(facts).__name__}, not a dict")
+        json.dumps(facts, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        log.warning("%s: provenance() returned %s; the result is written without it", _method_who(cfg), exc)
+        return {}
+    return facts
 
 
 def _own_batch_stages(method: Method, dataset, cfg) -> list[str]:

@@ -585,3 +585,14 @@ def test_leaderboard_modules_import_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_run_with_its_own_backbone_section_is_labelled_with_the_architecture(tmp_path):
+    """TrCAM-V and DiPS configure ``method.backbone`` as a section; the label takes its arch."""
+    from harness.leaderboard.runs import RunRecord
+
+    for backbone, label in (({"arch": "vit_small_patch16_224.dino", "pretrained": None}, "vit_small_patch16_224.dino"),
+                            ("clip", "clip"), (None, "resnet18")):
+        method = {"name": "dips"} if backbone is None else {"name": "dips", "backbone": backbone}
+        rec = RunRecord(tmp_path, {"config": {"method": method, "classifier": {"backbone": "resnet18"}}}, "result.json")
+        assert rec.backbone == label

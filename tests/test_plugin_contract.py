@@ -404,3 +404,21 @@ def test_a_config_file_that_calls_sys_exit_is_named(tmp_path, capsys):
     cfg.write_text("import sys\nsys.exit(3)\n")
     assert main(["run", "--plugin", "cam", "--config", str(cfg)]) == 2
     assert f"cannot read config file {cfg}: it called sys.exit(3)" in capsys.readouterr().err
+
+
+def test_a_methods_provenance_is_kept_when_plain_json_and_left_out_with_a_warning_otherwise(caplog):
+    cfg = runner.compose("cam", "gt-val", "synth-yto")
+
+    class Facts:
+        def __init__(self, facts):
+            self.facts = facts
+
+        def provenance(self):
+            return self.facts
+
+    assert runner._method_provenance(Facts({"encoder": "fine-tuned", "heads": [0, 1]}), cfg) == {
+        "encoder": "fine-tuned", "heads": [0, 1]}
+    for bad in ([("encoder", 1)], {"w": torch.zeros(1)}, {"x": float("nan")}):
+        caplog.clear()
+        assert runner._method_provenance(Facts(bad), cfg) == {}
+        assert "provenance() returned" in caplog.text and "written without it" in caplog.text

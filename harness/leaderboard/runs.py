@@ -55,7 +55,8 @@ class RunRecord:
         config = self.record.get("config") or {}
         method = config.get("method")
         if isinstance(method, dict) and method.get("backbone"):
-            return str(method["backbone"])
+            b = method["backbone"]  # a name, or a section with one (TrCAM-V, DiPS: arch)
+            return str(b.get("arch") or "?") if isinstance(b, dict) else str(b)
         classifier = config.get("classifier")
         return (classifier.get("backbone") if isinstance(classifier, dict) else None) or "?"
 

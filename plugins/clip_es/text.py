@@ -114,8 +114,7 @@ def text_features(model: torch.nn.Module, tokenizer: Any, names: Sequence[str], 
             log.warning("CLIP-ES text cache %s is unreadable (%s); recomputing it", path, exc)
     feats = class_text_features(model, tokenizer, names, templates, device=device)
     if path is not None:
-        with io.atomic_path(path) as tmp:
-            torch.save({"features": feats.detach().cpu(), "names": names, "templates": templates}, tmp)
+        io.save_tensors(path, {"features": feats.detach().cpu(), "names": names, "templates": templates})
     return feats
 
 
