@@ -54,3 +54,9 @@ def create_vit(arch: str, pretrained, overrides: dict | None = None, *, option: 
         raise HarnessError(f"{option.rsplit('.', 1)[0]}.arch={arch!r} is not a timm VisionTransformer")
     net.loaded_weights = weights or (str(pretrained) if isinstance(pretrained, (str, os.PathLike)) else None)
     return net
+
+
+def vit_normalization(vit: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a timm ViT's weights expect (ImageNet's when its config says nothing)."""
+    cfg = getattr(vit, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))

@@ -22,7 +22,7 @@ from harness.fcam.method import section, sgd_step_lr
 from harness.fcam.pseudo_labels import SamplerConfig
 from harness.method import Method, Prediction, Stage
 from harness.models.classifier import shared_classifier
-from harness.models.vit import create_vit
+from harness.models.vit import create_vit, vit_normalization
 
 from .maps import build_bank, clip_es_settings
 from .model import TrcamvNet
@@ -105,9 +105,7 @@ class TrcamvMethod(Method):
         sizes = {k: b[k] for k in ("depth", "embed_dim", "num_heads") if b.get(k) is not None}
         vit = create_vit(b.get("arch", "vit_small_patch16_224.dino"), b.get("pretrained"), sizes, who="the TrCAM-V backbone")
         self.net = TrcamvNet(vit, num_classes, tuple(m.get("decoder_channels") or (256, 128, 64, 32)))
-        cfg_vit = vit.pretrained_cfg if hasattr(vit, "pretrained_cfg") else {}
-        self._normalization = (tuple(cfg_vit.get("mean", (0.485, 0.456, 0.406))),
-                               tuple(cfg_vit.get("std", (0.229, 0.224, 0.225))))
+        self._normalization = vit_normalization(vit)
         self.classifier = None
         stages: list[Stage] = []
         if m.map_source == "clip-es":
