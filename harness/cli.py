@@ -40,12 +40,20 @@ class _Warnings(logging.Handler):
             print(f"harness: warning: {record.getMessage()}", file=sys.stderr)
 
 
+def _rank_prefix() -> str:
+    """``rank R of W: `` in a torchrun process (so the failing rank is named), else nothing."""
+    from harness import distributed
+
+    return f"rank {distributed.rank()} of {distributed.world_size()}: " if distributed.active() else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("harness")
     if not any(isinstance(h, _Warnings) for h in log.handlers):
         log.addHandler(_Warnings())
     parser = _parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher starts again on each rank
     if not hasattr(args, "func"):
         sub = getattr(args, "_sub", None)
         (sub or parser).print_usage(sys.stderr)
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        print(f"harness: error: {_rank_prefix()}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a file the harness was not written to expect: name it, no traceback
         where = f" {exc.filename}" if exc.filename else ""
@@ -88,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-root", help="folder for run directories (default: config run.root = runs)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--launcher", choices=("none", "torchrun"), default="none",
+                     help="torchrun: train on --nproc processes of this machine (data parallel; docs/scale.md)")
+    run.add_argument("--nproc", type=int, default=2, help="with --launcher torchrun: processes (default 2)")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="re-evaluate a trained run (another protocol or eval settings), no training")
@@ -116,8 +127,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="fixed overrides applied to every trial")
     sw.add_argument("--config", action="append", default=[], metavar="FILE")
     sw.add_argument("--run-root", help="folder for the sweep (default: config run.root = runs)")
-    sw.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep: finished trials are kept")
+    sw.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep: finished trials are kept (the runner "
+                    "options below may be given again)")
     sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("--runner", default="local", choices=["local", "ray", "slurm", "slurm-local"],
+                    help="where trials run: one after the other here (default), as Ray tasks, as a SLURM job array "
+                    "(submitit), or as submitit jobs on this machine; selection is the same with every runner")
+    sw.add_argument("--cpus-per-trial", type=int, metavar="N", help="ray, slurm: CPUs of each trial (default 1)")
+    sw.add_argument("--gpus-per-trial", type=int, metavar="N", help="ray, slurm: GPUs of each trial (default 0)")
+    sw.add_argument("--ray-address", metavar="ADDRESS",
+                    help="ray: a running cluster, e.g. auto (default: start Ray on this machine)")
+    sw.add_argument("--partition", help="slurm: the partition (default: the cluster's)")
+    sw.add_argument("--time-min", type=int, metavar="MINUTES", help="slurm: each trial's time limit in minutes "
+                    "(default 240); a trial cut off continues from its last checkpoint with --resume")
     sw.set_defaults(func=cmd_sweep)
 
     an = sub.add_parser("annotate", help="make (or read from the cache) an annotator's pseudo-boxes; print their quality")
@@ -195,21 +217,30 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from harness import results, runner
+    from harness import config as config_mod, distributed, results, runner
 
+    if args.launcher == "torchrun":
+        return _launch_torchrun(args)
     if args.resume:
         _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--cfg-options", "--config", "--device",
                             "--run-root", what="a run continues with its saved config")
         run_dir = Path(args.resume)
         if not (run_dir / "config.py").is_file():
             raise HarnessError(f"--resume {run_dir}: not a run directory (no config.py)")
+        runner.join_process_group(config_mod.load_run_config(run_dir).device)
     else:
         if not args.plugin:
             raise HarnessError("--plugin is required (see `harness list` for the methods)")
+        # under torchrun (harness/distributed.py) rank 0 makes the run directory, the others join it
+        runner.join_process_group(args.device or "auto")
         run_dir = runner.prepare(args.plugin, args.protocol or "gt-val", args.dataset or "synth-yto",
                                  args.cfg_options, args.run_root, args.device, args.config,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress) if distributed.is_main() else None
+        run_dir = Path(distributed.broadcast(str(run_dir) if run_dir is not None else None))
     args._run_dir = run_dir
+    if not distributed.is_main():
+        runner.execute(run_dir, progress=False)
+        return 0
     print(f"run directory: {run_dir}", file=sys.stderr)
     record = runner.execute(run_dir, progress=not args.no_progress)
     _print_record(record)
@@ -217,6 +248,35 @@ def cmd_run(args) -> int:
     if (run_dir / "report.html").is_file():
         print(f"report: {run_dir / 'report.html'}")
     _print_fitting_tables(run_dir)
+    return 0
+
+
+def _launch_torchrun(args) -> int:
+    """``harness run --launcher torchrun --nproc N ...``: this command again on N processes of this
+    machine, started by torchrun (``python -m torch.distributed.run --standalone``)."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise HarnessError(f"--nproc {args.nproc}: use 1 or more processes")
+    argv, skip = [], False
+    for a in args._argv:  # the same command without the launcher's own flags
+        if skip:
+            skip = False
+            continue
+        if a in ("--launcher", "--nproc"):
+            skip = True
+            continue
+        if a.startswith(("--launcher=", "--nproc=")):
+            continue
+        argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "harness", *argv]
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        print(f"harness: error: a rank of the {args.nproc}-process run failed (exit status {rc}); torchrun's "
+              f"summary above names the rank and its error. Checkpoints already written are kept: continue "
+              f"with `harness run --launcher torchrun --nproc {args.nproc} --resume RUN_DIR`", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -289,6 +349,10 @@ def _taus(taus: list[float]) -> str:
 def cmd_sweep(args) -> int:
     from harness import sweep
 
+    # Before the sweep directory exists: a bad runner option or a missing engine leaves nothing behind.
+    trial_runner = sweep.make_runner(args.runner, cpus_per_trial=args.cpus_per_trial,
+                                     gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address,
+                                     partition=args.partition, time_min=args.time_min)
     if args.resume:
         _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--grid", "--space", "--trials",
                             "--cfg-options", "--config", "--run-root", what="a sweep continues with its saved "
@@ -307,7 +371,7 @@ def cmd_sweep(args) -> int:
         sweep_dir = sweep.create(spec, args.run_root, progress=not args.no_progress)
         print(f"sweep directory: {sweep_dir}")
     args._run_dir = sweep_dir
-    record = sweep.execute(sweep_dir, progress=not args.no_progress)
+    record = sweep.execute(sweep_dir, trial_runner=trial_runner, progress=not args.no_progress)
     print(sweep.trials_table(record))
     c = record["configuration"]
     print(f"\nselected trial {c['trial']} ({c['overrides']}): {record['configuration_chosen_by']}; "

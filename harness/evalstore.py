@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from harness import io
+from harness import distributed, io
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator, MaskAccumulator, corloc_at, select_threshold
 from harness.inference import accumulate, evaluate_split, saved_maps
@@ -131,7 +131,8 @@ class EvalStore:
                 new["targets"] = {**(rec.get("targets") or {}), **new["targets"]}
             rec = new
             rec["settings"] = self.settings
-            io.write_json(path, rec)
+            if distributed.is_main():  # under torchrun every rank holds the merged record; one writes it
+                io.write_json(path, rec)
         self._memo[key] = rec
         return rec
 
@@ -170,12 +171,16 @@ class EvalStore:
         so what was evaluated from an earlier attempt is not that epoch's any more."""
         self._memo = {k: v for k, v in self._memo.items() if k[1] != epoch}
         pattern = f"*-epoch{epoch:03d}.*"
-        for path in [*self.run_dir.glob(f"evals/{pattern}"), *self.run_dir.glob(f"evals/*/{pattern}"),
-                     *self.run_dir.glob(f"maps/{pattern}")]:
-            path.unlink(missing_ok=True)
+        if distributed.is_main():
+            for path in [*self.run_dir.glob(f"evals/{pattern}"), *self.run_dir.glob(f"evals/*/{pattern}"),
+                         *self.run_dir.glob(f"maps/{pattern}")]:
+                path.unlink(missing_ok=True)
+        distributed.barrier()  # no rank reads what rank 0 is deleting
 
     def prune_maps(self, keep_epoch: int) -> None:
         """``eval.save_maps='selected'``: drop the maps of the epochs not selected."""
+        if not distributed.is_main():
+            return
         for path in (self.run_dir / "maps").glob("*.npy"):
             if f"-epoch{keep_epoch:03d}." not in path.name:
                 path.unlink()

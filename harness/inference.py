@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from harness import io
+from harness import distributed, io
 from harness.data.base import Split
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
@@ -40,9 +40,11 @@ def evaluated_frames(split: Split) -> list[int]:
 
 
 def iterate_maps(method: Method, split: Split, cfg, device, progress: bool = True) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(frame index, normalized map (H, W) float32, logits (C,))`` for the evaluated frames."""
+    """Yield ``(frame index, normalized map (H, W) float32, logits (C,))`` for the evaluated frames
+    (under torchrun, for this rank's block of them: :func:`harness.distributed.shard`)."""
     method.eval_mode()
-    subset = _Subset(split, evaluated_frames(split))
+    evaluated = evaluated_frames(split)
+    subset = _Subset(split, [evaluated[k] for k in distributed.shard(len(evaluated))])
     loader = eval_loader(subset, cfg.loader.eval_batch_size, cfg.loader.num_workers, method.normalization)
     for batch in tqdm(loader, desc=f"eval {split.name}", leave=False, disable=not progress):
         check_finite_images(batch, subset, method.normalization)  # before the model can be blamed
@@ -84,33 +86,53 @@ def accumulate(
     cfg,
     save_to: Path | None = None,
     targets: Mapping[str, object] | None = None,
+    sharded: bool = False,
 ) -> dict:
     """Evaluation record of a split from ``(frame index, map, logits)``; ``save_to`` keeps the
     maps (``.npy``, float32, in evaluated-frame order) for re-evaluation without the model.
 
     ``targets`` maps an annotator name to its :class:`PseudoBoxes`: the same maps are also
-    scored against those boxes, in ``record["targets"][name]``."""
+    scored against those boxes, in ``record["targets"][name]``.
+
+    ``sharded``: ``maps`` holds this rank's block of the frames only (torchrun). The ranks'
+    counts are summed and their float sums replayed in frame order (:func:`_merge_shards`), so
+    every rank returns the record a single process computes, bit for bit; each rank saves its
+    block beside ``save_to`` and rank 0 joins the blocks into it (:func:`join_shards`)."""
     indices = evaluated_frames(split)
     if not indices:
         raise HarnessError(f"split {split.name!r} has no frame with GT boxes: nothing to evaluate")
     boxes, masks = new_accumulators(num_classes, cfg, split.read_mask is not None)
     targets = dict(targets or {})
     pseudo = {name: new_accumulators(num_classes, cfg, False)[0] for name in targets}
+    floats: dict[str | None, list] = {None: [], **{name: [] for name in pseudo}}
+    expected = len(distributed.shard(len(indices))) if sharded else len(indices)
+    path = shard_path(save_to, distributed.rank(), distributed.world_size()) if sharded and save_to else save_to
     writer = None
     for n, (i, score_map, logits) in enumerate(maps):
         frame = split.frames[i]
         boxes.add(score_map, np.asarray(frame.boxes), frame.label, frame.id, logits)
+        floats[None].append(boxes.last_floats)
         for name, acc in pseudo.items():
             acc.add(score_map, targets[name].for_frame(frame.id), frame.label, frame.id, logits)
+            floats[name].append(acc.last_floats)
         if masks is not None:
             ignore = split.read_ignore(i) if split.read_ignore is not None else None
             masks.add(score_map, split.read_mask(i), frame.id, ignore)
-        if save_to is not None:
+        if path is not None:
             if writer is None:
-                writer = _MapWriter(save_to, len(indices), score_map.shape, num_classes)
+                writer = _MapWriter(path, expected, score_map.shape, num_classes)
             writer.put(n, score_map, logits, frame.id)
+    if writer is None and path is not None and sharded:  # an empty block still marks its place
+        writer = _MapWriter(path, 0, split.image(indices[0]).shape[:2], num_classes)
     if writer is not None:
         writer.close()
+    if sharded:
+        boxes, masks, pseudo = _merge_shards(boxes, masks, pseudo, floats)
+        if save_to is not None:
+            distributed.barrier()
+            if distributed.is_main():
+                join_shards(save_to, distributed.world_size())
+            distributed.barrier()
     return {
         "boxes": boxes.state_dict(),
         "masks": masks.state_dict() if masks is not None else None,
@@ -121,7 +143,65 @@ def accumulate(
 
 def evaluate_split(method: Method, split: Split, num_classes: int, cfg, device, progress: bool = True,
                    save_to: Path | None = None, targets: Mapping[str, object] | None = None) -> dict:
-    return accumulate(iterate_maps(method, split, cfg, device, progress), split, num_classes, cfg, save_to, targets)
+    """The split's evaluation record; under torchrun each rank computes the maps of its block of
+    the frames and every rank gets the merged record."""
+    return accumulate(iterate_maps(method, split, cfg, device, progress), split, num_classes, cfg, save_to, targets,
+                      sharded=distributed.active())
+
+
+def _merge_shards(boxes: BoxAccumulator, masks: MaskAccumulator | None, pseudo: dict, floats: dict):
+    """Every rank's accumulators merged, on every rank: counts summed, float sums replayed in
+    rank order (= frame order, the blocks being contiguous)."""
+    parts = distributed.gather({"boxes": boxes.state_dict(), "masks": masks.state_dict() if masks else None,
+                                "pseudo": {k: a.state_dict() for k, a in pseudo.items()}, "floats": floats})
+
+    def merged(get, name):
+        acc = BoxAccumulator.from_state_dict(get(parts[0]))
+        for part in parts[1:]:
+            acc.merge(BoxAccumulator.from_state_dict(get(part)))
+        acc.replay_floats(f for part in parts for f in part["floats"][name])
+        return acc
+
+    boxes = merged(lambda p: p["boxes"], None)
+    pseudo = {k: merged(lambda p, k=k: p["pseudo"][k], k) for k in pseudo}
+    if masks is not None:
+        masks = MaskAccumulator.from_state_dict(parts[0]["masks"])
+        for part in parts[1:]:
+            other = MaskAccumulator.from_state_dict(part["masks"])
+            masks.pos += other.pos
+            masks.neg += other.neg
+            masks.frames += other.frames
+    return boxes, masks, pseudo
+
+
+def shard_path(path: Path, r: int, w: int) -> Path:
+    """Where rank ``r`` of ``w`` saves its block of the maps of ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard{r}of{w}{path.suffix}")
+
+
+def join_shards(path: Path, w: int) -> None:
+    """The ``w`` blocks of saved maps (and scores) joined, in rank order, into ``path``; the
+    blocks are removed once it is in place (a kill before leaves them, and :func:`saved_maps`
+    reads them as they are)."""
+    blocks = [shard_path(path, r, w) for r in range(w)]
+    maps = [np.load(b, mmap_mode="r", allow_pickle=False) for b in blocks]
+    scores = [np.load(logits_path(b), allow_pickle=False) for b in blocks]
+    n = sum(len(m) for m in maps)
+    with io.atomic_path(logits_path(path)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.concatenate(scores))
+    with io.atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *maps[0].shape[1:]))
+        start = 0
+        for m in maps:
+            out[start:start + len(m)] = m
+            start += len(m)
+        out.flush()
+        del out
+    for b in blocks:
+        b.unlink(missing_ok=True)
+        logits_path(b).unlink(missing_ok=True)
 
 
 def logits_path(maps_path: Path) -> Path:
@@ -132,10 +212,17 @@ def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.n
     """Maps (and class scores) written by :func:`accumulate`, as its input again. The files are
     checked here, before anything is yielded: a file that is not what the harness wrote
     (damaged, truncated, another array, pickled objects) is a :class:`HarnessError` naming it,
-    and callers then compute the maps again from the checkpoint."""
+    and callers then compute the maps again from the checkpoint. Maps a torchrun evaluation
+    left in blocks (``<name>.shard<r>of<w>.npy``, killed before rank 0 joined them) are read as
+    one file."""
     try:
-        maps = np.load(path, mmap_mode="r", allow_pickle=False)
-        scores = np.load(logits_path(path), allow_pickle=False) if logits_path(path).is_file() else None
+        if not Path(path).is_file() and _shards_of(path):
+            parts = [np.load(b, mmap_mode="r", allow_pickle=False) for b in _shards_of(path)]
+            maps = np.concatenate(parts)
+            scores = np.concatenate([np.load(logits_path(b), allow_pickle=False) for b in _shards_of(path)])
+        else:
+            maps = np.load(path, mmap_mode="r", allow_pickle=False)
+            scores = np.load(logits_path(path), allow_pickle=False) if logits_path(path).is_file() else None
     except (OSError, ValueError, EOFError) as exc:
         raise HarnessError(f"saved maps {path} cannot be read ({type(exc).__name__}: {exc})") from exc
     indices = evaluated_frames(split)
@@ -155,6 +242,18 @@ def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.n
             f"is {image_hw[0]}x{image_hw[1]}: maps must have the frame's size"
         )
     return ((i, np.asarray(maps[n]), None if scores is None else scores[n]) for n, i in enumerate(indices))
+
+
+def _shards_of(path: Path) -> list[Path]:
+    """The complete set of saved blocks of ``path`` (any world size), in rank order, or []."""
+    path = Path(path)
+    for found in sorted(path.parent.glob(f"{path.stem}.shard0of*{path.suffix}")):
+        w = found.name[len(path.stem) + len(".shard0of"):-len(path.suffix)]
+        if w.isdigit():
+            blocks = [shard_path(path, r, int(w)) for r in range(int(w))]
+            if all(b.is_file() and logits_path(b).is_file() for b in blocks):
+                return blocks
+    return []
 
 
 class _MapWriter:

@@ -8,6 +8,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -19,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from harness import __version__, evalstore, io, results, stage_cache
+from harness import __version__, distributed, evalstore, io, results, stage_cache
 from harness import config as config_mod
 from harness.data.frame_sampler import FramesPerShotSampler, effective_frames_per_shot, frames_per_shot
-from harness.data.loader import check_finite_images, train_loader
+from harness.data.loader import RankBatches, check_finite_images, shuffled_batches, train_loader
 from harness.errors import HarnessError, plugin_code
 from harness.evalstore import EvalStore, check_eval_config, split_metrics
 from harness.evaluation import corloc_at, select_threshold, threshold_list
@@ -312,6 +313,16 @@ def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
     return seed * 1_000_003 + stage_index * 10_007 + epoch
 
 
+def join_process_group(device_name: str | None) -> bool:
+    """Under torchrun, join its process group (gloo on CPU, NCCL on CUDA); False without one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    device = resolve_device(device_name or "auto")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return distributed.init_from_env(device)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -483,13 +494,16 @@ def execute(run_dir: str | Path, progress: bool = True, callbacks: Iterable[Call
     A finished run is only completed: its result is returned as written."""
     run_dir = Path(run_dir)
     cfg = config_mod.load_run_config(run_dir)
+    if not distributed.is_main():
+        return _execute_other_rank(run_dir, cfg)
     with run_lock(run_dir):
         run_log = _RunLog(run_dir)
         try:
             ckpts = Checkpoints(run_dir)
             ckpts.set_aside_damaged()
             record = _finished_result(run_dir)
-            if record is None:
+            finished = distributed.broadcast(record is not None)
+            if not finished:
                 record = _execute(run_dir, cfg, progress, list(callbacks))
             else:
                 log.info("%s has its result already; completing its other artefacts", run_dir.name)
@@ -498,6 +512,15 @@ def execute(run_dir: str | Path, progress: bool = True, callbacks: Iterable[Call
             return record
         finally:
             run_log.close()
+
+
+def _execute_other_rank(run_dir: Path, cfg) -> dict:
+    """A rank other than 0 under torchrun: it trains and evaluates its share beside rank 0 and
+    writes nothing in the run directory (no lock, no log file, no record)."""
+    log.setLevel(logging.WARNING)
+    if distributed.broadcast(None):  # rank 0 found the run finished
+        return {}
+    return _execute(run_dir, cfg, False, [])
 
 
 def _finished_result(run_dir: Path) -> dict | None:
@@ -554,6 +577,8 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     check_eval_config(cfg)
     frames_per_shot(cfg)  # a run directory's config edited by hand fails before any work
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     dataset = load_dataset(cfg, progress)
     seed_everything(cfg.seed)
     method = build_method(cfg, dataset.num_classes).to(device)
@@ -563,7 +588,9 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     ckpts = Checkpoints(run_dir)
     store = EvalStore(run_dir, cfg, dataset, method, ckpts, device, progress)
     for split, target in needs(protocol):
-        store.need(split, target)  # pseudo-boxes exist before training, as in the chapter
+        # pseudo-boxes exist before training, as in the chapter (under torchrun the ranks make them
+        # together, rank 0 holding the cache's lock and writing it: annotators/base.py)
+        store.need(split, target)
     resumed_from = _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callbacks)
 
     last = len(method.stages) - 1
@@ -584,6 +611,10 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     facts = _method_provenance(method, cfg)
     if facts:
         record["method_provenance"] = facts
+    if distributed.active():
+        record["distributed"] = {"world_size": distributed.world_size(), "backend": torch.distributed.get_backend()}
+    if not distributed.is_main():
+        return record
     results.write_result(run_dir, record)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
@@ -753,8 +784,10 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
                     len(after_gap))
     resumed_from = None
     last = len(stages) - 1
+    main = distributed.is_main()  # under torchrun only rank 0 writes checkpoints and metrics lines
     if resume_at is not None:
-        _sync_metrics_lines(run_dir, ckpts, store, last, upto=resume_at)
+        if main:
+            _sync_metrics_lines(run_dir, ckpts, store, last, upto=resume_at)
         si, epoch = resume_at
         state = ckpts.load(si, stages[si].name, epoch)
         with plugin_code(who, "load_state_dict()"):
@@ -762,6 +795,7 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
         resumed_from = f"{stages[si].name} epoch {epoch}"
         log.info("resuming after %s", resumed_from)
 
+    distributed.broadcast_state(method.modules().values())  # every rank starts from rank 0's weights
     train_split = dataset.split("train")
     per_shot = effective_frames_per_shot(cfg, dataset)
     if frames_per_shot(cfg) and not per_shot:
@@ -772,64 +806,72 @@ def _train(method, dataset, cfg, device, ckpts, store, run_dir, progress, callba
             continue
         key, description = _shared_stage_key(stage, si, cfg, dataset)
         not_started = resume_at is None or si > resume_at[0]
-        if not_started and key is not None and stage_cache.fetch(stage.name, key, si, stage.epochs, ckpts):
-            state = ckpts.load(si, stage.name, stage.epochs)
-            with plugin_code(who, "load_state_dict()"):
-                method.load_state_dict(state["method"], strict=False)
-            log.info("%s stage reused from the stage cache %s (same settings, data and seed): not retrained",
-                     stage.name, stage_cache.entry_dir(stage.name, key))
-            if si == last and store is not None:
-                for epoch in range(1, stage.epochs + 1):
-                    store.forget(epoch)  # records of earlier weights, if any, are not these epochs'
-            _sync_metrics_lines(run_dir, ckpts, store, last, upto=(si, stage.epochs))
-            continue
-        if not stage.trains:
-            _record_untrained(method, stage, si, last, ckpts, store, run_dir, who, callbacks)
-            continue
-        opt, sched = checked_optimizer(stage, who)
-        first = 1
-        if resume_at is not None and si == resume_at[0]:
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler") is not None:
-                sched.load_state_dict(state["scheduler"])
-            first = resume_at[1] + 1
-        if first <= stage.epochs:
-            with plugin_code(who, f"stage {stage.name!r} prepare()"):
-                stage.prepare(train_split, device, progress)
-        for epoch in range(first, stage.epochs + 1):
-            seed = epoch_seed(cfg.seed, si, epoch)
-            seed_everything(seed)
-            with plugin_code(who, f"stage {stage.name!r} begin_epoch()"):
-                stage.begin_epoch(epoch)
-            if si == last and store is not None:
-                store.forget(epoch)  # evaluated from an earlier attempt at this epoch
-            stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization,
-                                 per_shot=per_shot, announce=epoch == first)
-            lr = opt.param_groups[0]["lr"]
-            if sched is not None:
-                sched.step()
-            line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
-            if si == last and store is not None:
-                line.update(_val_summary(store, epoch))
-            # The epoch's log line travels in its checkpoint: a kill between the two writes
-            # loses no line (the next resume writes it from the checkpoint).
-            with plugin_code(who, "state_dict()"):
-                method_state = method.state_dict()
-            ckpts.save(si, stage.name, epoch, {
-                "method": method_state,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "stage": stage.name,
-                "epoch": epoch,
-                "log": line,
-            })
-            write_metrics_line(run_dir, line)
-            log.info("%s epoch %d/%d: %s", stage.name, epoch, stage.epochs,
-                     ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
-            for cb in callbacks:
-                cb(stage.name, epoch)
-        if key is not None and stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
-            log.info("%s stage published to the stage cache for reuse by later runs", stage.name)
+        # one run at a time trains a shared stage: the others wait here, then fetch what it published
+        with stage_cache.claim(stage.name, key if main else None):  # rank 0 holds it for its run
+            fetched = not_started and key is not None and main and stage_cache.fetch(stage.name, key, si, stage.epochs,
+                                                                                       ckpts)
+            if distributed.broadcast(fetched):  # rank 0 linked the cached checkpoints; every rank loads them
+                state = ckpts.load(si, stage.name, stage.epochs)
+                with plugin_code(who, "load_state_dict()"):
+                    method.load_state_dict(state["method"], strict=False)
+                log.info("%s stage reused from the stage cache %s (same settings, data and seed): not retrained",
+                         stage.name, stage_cache.entry_dir(stage.name, key))
+                if si == last and store is not None:
+                    for epoch in range(1, stage.epochs + 1):
+                        store.forget(epoch)  # records of earlier weights, if any, are not these epochs'
+                if main:
+                    _sync_metrics_lines(run_dir, ckpts, store, last, upto=(si, stage.epochs))
+                continue
+            if not stage.trains:
+                _record_untrained(method, stage, si, last, ckpts, store, run_dir, who, callbacks)
+                continue
+            opt, sched = checked_optimizer(stage, who)
+            first = 1
+            if resume_at is not None and si == resume_at[0]:
+                opt.load_state_dict(state["optimizer"])
+                if sched is not None and state.get("scheduler") is not None:
+                    sched.load_state_dict(state["scheduler"])
+                first = resume_at[1] + 1
+            if first <= stage.epochs:
+                with plugin_code(who, f"stage {stage.name!r} prepare()"):
+                    stage.prepare(train_split, device, progress)
+            for epoch in range(first, stage.epochs + 1):
+                seed = epoch_seed(cfg.seed, si, epoch)
+                seed_everything(seed)
+                with plugin_code(who, f"stage {stage.name!r} begin_epoch()"):
+                    stage.begin_epoch(epoch)
+                if si == last and store is not None:
+                    store.forget(epoch)  # evaluated from an earlier attempt at this epoch
+                stats = _train_epoch(stage, opt, train_split, cfg, seed, device, epoch, progress, method.normalization,
+                                     per_shot=per_shot, announce=epoch == first)
+                distributed.broadcast_state(method.modules().values())  # rank 0's BatchNorm statistics everywhere
+                lr = opt.param_groups[0]["lr"]
+                if sched is not None:
+                    sched.step()
+                line = {"stage": stage.name, "epoch": epoch, "lr": lr, **stats}
+                if si == last and store is not None:
+                    line.update(_val_summary(store, epoch))
+                # The epoch's log line travels in its checkpoint: a kill between the two writes
+                # loses no line (the next resume writes it from the checkpoint).
+                if main:
+                    with plugin_code(who, "state_dict()"):
+                        method_state = method.state_dict()
+                    ckpts.save(si, stage.name, epoch, {
+                        "method": method_state,
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None,
+                        "stage": stage.name,
+                        "epoch": epoch,
+                        "log": line,
+                    })
+                    write_metrics_line(run_dir, line)
+                distributed.barrier()  # a rank killed now finds the epoch's checkpoint written, or not begun
+                log.info("%s epoch %d/%d: %s", stage.name, epoch, stage.epochs,
+                         ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
+                for cb in callbacks:
+                    cb(stage.name, epoch)
+            if main and key is not None and stage_cache.publish(stage.name, key, si, stage.epochs, ckpts, description):
+                log.info("%s stage published to the stage cache for reuse by later runs", stage.name)
     return resumed_from
 
 
@@ -841,11 +883,13 @@ def _record_untrained(method, stage, si, last, ckpts, store, run_dir, who, callb
     line = {"stage": stage.name, "epoch": 1, "trained": False}
     if si == last and store is not None:
         line.update(_val_summary(store, 1))
-    with plugin_code(who, "state_dict()"):
-        method_state = method.state_dict()
-    ckpts.save(si, stage.name, 1, {"method": method_state, "optimizer": None, "scheduler": None,
-                                   "stage": stage.name, "epoch": 1, "log": line})
-    write_metrics_line(run_dir, line)
+    if distributed.is_main():
+        with plugin_code(who, "state_dict()"):
+            method_state = method.state_dict()
+        ckpts.save(si, stage.name, 1, {"method": method_state, "optimizer": None, "scheduler": None,
+                                       "stage": stage.name, "epoch": 1, "log": line})
+        write_metrics_line(run_dir, line)
+    distributed.barrier()
     log.info("%s: nothing to train, evaluated as built: %s", stage.name,
              ", ".join(f"{k} {v:.4g}" for k, v in line.items() if isinstance(v, float)))
     for cb in callbacks:
@@ -965,6 +1009,8 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normaliz
                 log.info("%s stage: %d frame(s) of each shot drawn anew each epoch (loader.train_frames_per_shot): "
                          "%d of the %d train frames per epoch", stage.name, per_shot, sampler.drawn_per_epoch,
                          len(split))
+    if distributed.active():  # each rank takes its block of every batch of the epoch (the same batches)
+        sampler = RankBatches(sampler if sampler is not None else shuffled_batches(split, stage.batch_size, seed))
     loader = train_loader(
         split, stage.batch_size, seed, cfg.loader.num_workers, hflip=stage.hflip, normalization=normalization,
         batch_sampler=sampler,
@@ -985,6 +1031,7 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normaliz
         opt.zero_grad(set_to_none=True)
         with plugin_code(who, f"stage {stage.name!r} backward()/step()"):
             loss.backward()
+            distributed.average_gradients(p for group in opt.param_groups for p in group["params"])
             opt.step()
         bs = batch["image"].shape[0]
         total += loss.item() * bs
@@ -992,6 +1039,10 @@ def _train_epoch(stage, opt, split, cfg, seed, device, epoch, progress, normaliz
         for k, v in scalars.items():
             extra[k] = extra.get(k, 0.0) + v * bs
         bar.set_postfix(loss=f"{loss.item():.3f}")
+    if distributed.active():  # the epoch's means over every rank's frames
+        keys = sorted(extra)
+        total, n, *values = distributed.all_sum([total, n, *(extra[k] for k in keys)])
+        extra = dict(zip(keys, values))
     return {"loss": total / max(n, 1), **{f"train_{k}": v / max(n, 1) for k, v in extra.items()}}
 
 

@@ -6,6 +6,11 @@ its per-epoch checkpoints are reused by every later run with the same key.
 ``complete.json`` written last (the entry is published with one directory rename, so a
 reader never sees half of it). Runs get hard links (copies across file systems) in their
 own ``checkpoints/``, so deleting the cache never breaks a run.
+
+Runs that need the same entry at once take turns (:func:`claim`): the first trains and
+publishes it, the others wait and then reuse it. The lock files live apart, under
+``$HARNESS_HOME/locks/stages/``, so that ``stages/`` holds entries only and deleting it to
+clean the cache never deletes a lock someone waits on.
 """
 from __future__ import annotations
 
@@ -15,9 +20,11 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from harness import io
+from harness import io, locks
 from harness.errors import HarnessError
 from harness.paths import harness_home
 
@@ -30,6 +37,28 @@ def cache_root() -> Path:
 
 def entry_dir(stage_name: str, key: str) -> Path:
     return cache_root() / f"{stage_name}-{key}"
+
+
+def lock_path(stage_name: str, key: str) -> Path:
+    return harness_home() / "locks" / "stages" / f"{stage_name}-{key}.lock"
+
+
+@contextmanager
+def claim(stage_name: str, key: str | None) -> Iterator[None]:
+    """Hold the lock of one cache entry while checking for it and, if absent, training and
+    publishing it: a run that reaches the same entry meanwhile waits here, then fetches what
+    this one published instead of training it again. ``key`` None (a stage that is not
+    shared) holds nothing. A lock that cannot be taken (read-only cache, a file system without
+    locks) is a warning: the cache is an optimisation, at worst two runs train the stage."""
+    with ExitStack() as held:
+        if key is not None:
+            try:
+                held.enter_context(locks.file_lock(
+                    lock_path(stage_name, key), f"another run that is training the same {stage_name} stage"))
+            except locks.LockError as exc:
+                log.warning("%s; training the %s stage without it (another run may train it at the same time)",
+                            exc, stage_name)
+        yield
 
 
 def stage_key(description: dict) -> str:
@@ -71,10 +100,35 @@ def fetch(stage_name: str, key: str, stage_index: int, epochs: int, ckpts) -> bo
 
 
 def publish(stage_name: str, key: str, stage_index: int, epochs: int, ckpts, description: dict) -> Path | None:
-    """Copy a freshly trained stage into the cache (atomically); never fails the run."""
+    """Copy a freshly trained stage into the cache (atomically); never fails the run. An entry
+    already complete is kept (the first publisher wins: same key, same training)."""
     dest = entry_dir(stage_name, key)
     if (dest / "complete.json").is_file():
         return dest
+    try:
+        # Under the entry's lock (already held when the caller claimed the entry), so that two
+        # publishers never both find the entry missing. Not waiting: whoever holds the lock
+        # is training or publishing this very entry, possibly for hours.
+        with locks.file_lock(lock_path(stage_name, key), f"another run publishing the {stage_name} stage",
+                             wait=False):
+            return _publish(stage_name, key, stage_index, epochs, ckpts, description, dest)
+    except locks.Busy:
+        log.info("another run is training or publishing the same %s stage: it publishes it to %s", stage_name,
+                 dest)
+        return None
+    except OSError as exc:  # a full or read-only cache only costs a retraining later
+        log.warning("could not publish the %s stage to the cache %s: %s", stage_name, dest, exc)
+        return None
+
+
+def _publish(stage_name: str, key: str, stage_index: int, epochs: int, ckpts, description: dict,
+             dest: Path) -> Path:
+    if (dest / "complete.json").is_file():
+        return dest
+    if dest.exists():
+        # No complete.json: not an entry published here (those appear whole), e.g. a copy cut
+        # short by hand. Set aside, as fetch() does, since a rename cannot replace a folder.
+        os.replace(dest, dest.with_name(f".{dest.name}.damaged-{os.getpid()}"))
     tmp = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +143,12 @@ def publish(stage_name: str, key: str, stage_index: int, epochs: int, ckpts, des
                                               **description})
         os.replace(tmp, dest)
         return dest
-    except OSError as exc:  # a full or read-only cache only costs a retraining later
-        log.warning("could not publish the %s stage to the cache %s: %s", stage_name, dest, exc)
+    except OSError:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        return None
+        if (dest / "complete.json").is_file():
+            return dest  # published meanwhile by a process that took no lock (an older harness)
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

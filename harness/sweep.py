@@ -3,28 +3,37 @@ plugin, each trial a normal run, then the configuration chosen by the protocol's
 
 A sweep directory holds ``sweep.json`` (the specification), ``trials.json`` (trial id ->
 overrides and run directory, written before any trial trains), ``trials/`` (the runs) and,
-at the end, ``result.json`` and ``sweep.md``. Trials run through a :class:`TrialRunner`;
-:class:`LocalRunner` runs them one after the other here. Selection reads only the trials'
-``result.json`` records, so a runner that hands trials to Ray or SLURM changes nothing else.
+at the end, ``result.json`` and ``sweep.md``. Trials run through a :class:`TrialRunner`:
+:class:`LocalRunner` runs them one after the other here, :class:`RayRunner` hands each to
+Ray as a task, :class:`SlurmRunner` submits them as a submitit job array (on SLURM, or as
+local processes). The engines only execute trials, each a run directory with its own config
+and seed; selection reads only the trials' ``result.json`` records, here, so every runner
+selects the same configuration from the same trials.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import importlib
+import inspect
 import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Iterator, Protocol as TypingProtocol
 
 from tabulate import tabulate
 
 from harness import io, results, runner
 from harness.errors import HarnessError
+from harness.paths import harness_home
 
 log = logging.getLogger("harness")
 
@@ -167,6 +176,218 @@ class LocalRunner:
         for n, run_dir in enumerate(run_dirs, start=1):
             log.info("sweep trial %d/%d: %s", n, len(run_dirs), run_dir.name)
             runner.execute(run_dir, progress=progress)
+
+
+def _execute_trial(run_dir: str) -> str:
+    """One trial on an engine's worker. Module-level, so that Ray and submitit pickle it by
+    reference and the worker imports it from the installed harness."""
+    runner.execute(run_dir, progress=False)
+    return run_dir
+
+
+class RayRunner:
+    """Each unfinished trial is a Ray task holding ``cpus_per_trial`` CPUs and ``gpus_per_trial``
+    GPUs; Ray places the tasks on its nodes. ``ray_address`` joins a running cluster (``auto``:
+    the one this node belongs to); without it a Ray is started on this machine
+    (``ray.init(**ray_init)``) and stopped at the end. A Ray the caller has already started is
+    used as it is."""
+
+    def __init__(self, cpus_per_trial: int = 1, gpus_per_trial: int = 0, ray_address: str | None = None,
+                 ray_init: dict | None = None):
+        _check_resources(cpus_per_trial, gpus_per_trial)
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.ray_address, self.ray_init = ray_address, dict(ray_init or {})
+        self.ray = _import_engine("ray", "ray")
+
+    def run(self, run_dirs: list[Path], progress: bool) -> None:
+        pending = _unfinished(run_dirs)
+        if not pending:
+            return
+        ray = self.ray
+        started = not ray.is_initialized()
+        if started:
+            try:
+                ray.init(address=self.ray_address, **self.ray_init)
+            except ConnectionError as exc:
+                raise HarnessError(f"--ray-address {self.ray_address}: {exc}; start the cluster first (`ray start "
+                                   f"--head` on its head node), or drop --ray-address to start Ray here") from None
+        failures, waiting = [], []
+        try:
+            self._check_cluster()
+            task = ray.remote(num_cpus=self.cpus_per_trial, num_gpus=self.gpus_per_trial,
+                              runtime_env={"env_vars": _job_environment(self.gpus_per_trial)})(_execute_trial)
+            trials = {task.remote(str(d)): d for d in pending}
+            log.info("sweep: %d trial(s) submitted to Ray (%d finished already)", len(pending),
+                     len(run_dirs) - len(pending))
+            waiting = list(trials)
+            while waiting:  # every trial runs to its end, whatever the others do
+                [done], waiting = ray.wait(waiting, num_returns=1)
+                try:
+                    ray.get(done)
+                    log.info("sweep trial finished: %s", trials[done].name)
+                except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None)  # a RayTaskError carries the trial's own exception
+                    why = f"{type(cause).__name__}: {cause}" if cause is not None else _first_line(exc)
+                    failures.append((trials[done], why + _trial_log(trials[done])))
+        except KeyboardInterrupt:
+            for ref in waiting:  # a task left running would train beside the --resume that continues the sweep
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            if started:
+                ray.shutdown()
+        if failures:
+            raise _trials_failed(failures, len(pending))
+
+    def _check_cluster(self) -> None:
+        """A task asking for more than any node has would wait forever: refuse it now."""
+        nodes = [node["Resources"] for node in self.ray.nodes() if node["Alive"]]
+        for flag, need, kind in (("--cpus-per-trial", self.cpus_per_trial, "CPU"),
+                                 ("--gpus-per-trial", self.gpus_per_trial, "GPU")):
+            most = max((node.get(kind, 0) for node in nodes), default=0)
+            if need > most:
+                raise HarnessError(f"{flag} {need}: no node of the Ray cluster has that many {kind}s (the most is "
+                                   f"{most:g}); ask for fewer, or join a cluster that has them (--ray-address)")
+
+
+class SlurmRunner:
+    """The unfinished trials as one submitit job array, a job of ``cpus_per_trial`` CPUs and
+    ``gpus_per_trial`` GPUs each, cut off after ``time_min`` minutes (a trial cut off resumes
+    from its last checkpoint with ``harness sweep --resume``). ``local=True`` runs the jobs as
+    processes on this machine through the same code (submitit's local executor). Job files and
+    logs go to ``<sweep>/slurm/``."""
+
+    def __init__(self, partition: str | None = None, time_min: int = 240, gpus_per_trial: int = 0,
+                 cpus_per_trial: int = 1, local: bool = False):
+        _check_resources(cpus_per_trial, gpus_per_trial)
+        if isinstance(time_min, bool) or not isinstance(time_min, int) or time_min < 1:
+            raise HarnessError(f"--time-min {time_min!r}: each trial's time limit, whole minutes >= 1")
+        if not local and shutil.which("srun") is None:
+            raise HarnessError("--runner slurm: no SLURM on this machine (srun not found); submit from a login "
+                               "node of the cluster, or run the trials here with --runner slurm-local")
+        self.partition, self.time_min, self.local = partition, time_min, local
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.submitit = _import_engine("submitit", "slurm")
+
+    def run(self, run_dirs: list[Path], progress: bool) -> None:
+        pending = _unfinished(run_dirs)
+        if not pending:
+            return
+        folder = pending[0].parent.parent / "slurm"  # <sweep>/trials/<run> -> <sweep>/slurm
+        executor = self.submitit.AutoExecutor(folder=folder, cluster="local" if self.local else "slurm")
+        executor.update_parameters(name="harness-sweep", slurm_partition=self.partition, timeout_min=self.time_min,
+                                   gpus_per_node=self.gpus_per_trial, cpus_per_task=self.cpus_per_trial)
+        # A job takes this process's environment when it is submitted; as Ray does, a thread per
+        # CPU of the job, not one per core of the node.
+        env = {**_job_environment(self.gpus_per_trial), "OMP_NUM_THREADS": str(self.cpus_per_trial)}
+        errors = self.submitit.core.utils
+        try:
+            with _environment_for_jobs(**env):
+                jobs = executor.map_array(_execute_trial, [str(d) for d in pending])
+        except (errors.FailedJobError, errors.FailedSubmissionError) as exc:  # what sbatch said, e.g. a bad partition
+            raise HarnessError(f"the trials could not be submitted: {exc}; check --partition, --time-min (within the "
+                               f"partition's limit) and --gpus-per-trial / --cpus-per-trial") from None
+        log.info("sweep: %d trial(s) submitted to %s (%d finished already); job logs in %s", len(pending),
+                 "local processes" if self.local else f"SLURM, job array {jobs[0].job_id.split('_')[0]}",
+                 len(run_dirs) - len(pending), folder)
+        failures = []
+        try:
+            for job, run_dir in zip(jobs, pending):
+                error = job.exception()  # waits for the job; every job runs to its end
+                if error is None:
+                    log.info("sweep trial finished: %s", run_dir.name)
+                else:
+                    failures.append((run_dir, f"{_job_error(error)} (logs: {job.paths.stderr}, {job.paths.stdout})"))
+        except KeyboardInterrupt:
+            for job in jobs:  # a job left running would train beside the --resume that continues the sweep
+                job.cancel(check=False)
+            raise
+        if failures:
+            raise _trials_failed(failures, len(pending))
+
+
+def make_runner(name: str, **options) -> TrialRunner:
+    """The runner of ``harness sweep --runner NAME`` (local, ray, slurm, slurm-local); options
+    left None take the runner's defaults."""
+    runners = {"local": (LocalRunner, {}), "ray": (RayRunner, {}), "slurm": (SlurmRunner, {}),
+               "slurm-local": (SlurmRunner, {"local": True})}
+    if name not in runners:
+        raise HarnessError(f"--runner {name}: not a trial runner; use one of {', '.join(runners)}")
+    cls, fixed = runners[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    stray = [k for k in given if k not in inspect.signature(cls).parameters or k in fixed]
+    if stray:
+        raise HarnessError(f"--runner {name} does not take {', '.join('--' + k.replace('_', '-') for k in stray)} "
+                           f"(--cpus-per-trial and --gpus-per-trial are for ray and slurm, --ray-address for ray, "
+                           f"--partition and --time-min for slurm)")
+    return cls(**fixed, **given)
+
+
+def _unfinished(run_dirs: list[Path]) -> list[Path]:
+    """The trials without a result, as absolute paths (a worker may start in another folder).
+    A finished trial is never handed to an engine: a resumed sweep submits only what is left."""
+    return [Path(d).resolve() for d in run_dirs if not (Path(d) / results.RESULT_FILE).is_file()]
+
+
+def _import_engine(module: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise HarnessError(f"this trial runner needs {module}, which cannot be imported ({exc}): "
+                           f"pip install 'wsol-harness[{extra}]'") from None
+
+
+def _job_environment(gpus: int) -> dict[str, str]:
+    """What a trial's worker needs from this process: the stage, annotator and dataset caches
+    where this process has them (a trial reuses what another one, or an earlier sweep,
+    computed), and no GPU when it was given none: Ray leaves such a task every GPU of its node,
+    which it would use unreserved, beside the trials that reserved them."""
+    return {"HARNESS_HOME": str(harness_home()), **({"CUDA_VISIBLE_DEVICES": ""} if not gpus else {})}
+
+
+@contextmanager
+def _environment_for_jobs(**defaults: str) -> Iterator[None]:
+    """Environment variables this process leaves unset, set while jobs are submitted."""
+    unset = [k for k in defaults if k not in os.environ]
+    os.environ.update({k: defaults[k] for k in unset})
+    try:
+        yield
+    finally:
+        for k in unset:
+            os.environ.pop(k, None)
+
+
+def _check_resources(cpus: int, gpus: int) -> None:
+    for flag, value, least in (("--cpus-per-trial", cpus, 1), ("--gpus-per-trial", gpus, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise HarnessError(f"{flag} {value!r}: a whole number >= {least}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
+def _job_error(error: Exception) -> str:
+    """The line that says what went wrong: a failed job's message holds its whole traceback
+    between dashed lines, the last line of which is the exception."""
+    parts = str(error).split("-" * 22)
+    if len(parts) >= 3 and parts[1].strip():
+        return parts[1].strip().splitlines()[-1]
+    return _first_line(error)
+
+
+def _trial_log(run_dir: Path) -> str:
+    log_file = run_dir / "log.txt"
+    return f" (its log: {log_file})" if log_file.is_file() else ""
+
+
+def _trials_failed(failures: list[tuple[Path, str]], submitted: int) -> HarnessError:
+    sweep_dir = failures[0][0].parent.parent
+    lines = "\n".join(f"  {run_dir}: {why}" for run_dir, why in failures)
+    kept = "the other trials' results are kept" if len(failures) < submitted else "none finished"
+    return HarnessError(f"{len(failures)} of {submitted} trial(s) failed; {kept}:\n"
+                        f"{lines}\nfix the cause, then continue with: harness sweep --resume {sweep_dir}")
 
 
 # ------------------------------------------------------------------------------ the sweep

@@ -8,6 +8,7 @@ dataset gives a new key.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness import __version__, io
+from harness import __version__, distributed, io, locks
 from harness.data.base import Split, WsolDataset
 from harness.errors import HarnessError
 from harness.evaluation.boxes import iou_matrix
@@ -119,9 +120,31 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
     split = dataset.split(split_name)
     indices = annotated_frames(split)
     path = folder / f"{split_name}.json"
-    cached = _read_cached(path, [split.frames[i].id for i in indices])
-    if cached is not None:
-        return PseudoBoxes(entry.name, key, split_name, cached["boxes"], cached["quality"])
+    frame_ids = [split.frames[i].id for i in indices]
+    cached = _read_cached(path, frame_ids)
+    # A cold cache: one run annotates, the others (same annotator, settings and data) wait for
+    # its lock, then read. The ranks of a torchrun run annotate together (the annotator's
+    # classifier trains with collectives), so rank 0 locks for the run and every rank follows
+    # its decisions; without a process group the broadcasts are the identity.
+    if distributed.broadcast(cached is None):
+        main = distributed.is_main()
+        what = f"another run that is annotating {split_name} with {entry.name}"
+        with locks.file_lock(folder / f".{split_name}.lock", what) if main else contextlib.nullcontext():
+            cached = _read_cached(path, frame_ids) if main else None  # written while this run waited?
+            if distributed.broadcast(cached is None):
+                cached = _annotate(entry, annotator, key, dataset, split_name, indices, path, device, progress)
+    if cached is None:  # a rank other than 0, told that the file is there
+        cached = _read_cached(path, frame_ids)
+        if cached is None:
+            raise HarnessError(f"pseudo-box cache {path} went missing while the ranks of this run read it: "
+                               f"run again")
+    return PseudoBoxes(entry.name, key, split_name, cached["boxes"], cached["quality"])
+
+
+def _annotate(entry, annotator: Annotator, key: str, dataset: WsolDataset, split_name: str, indices: list[int],
+              path: Path, device, progress: bool) -> dict:
+    """Annotate the frames, write the cache file ``path``; return its boxes and quality."""
+    split, folder = dataset.split(split_name), path.parent
     log.info("annotating %d %s frames with %s (cached under %s)", len(indices), split_name, entry.name, folder)
     ctx = Context(dataset, folder, torch.device(device), progress)
     try:
@@ -154,7 +177,7 @@ def pseudo_boxes(name: str, settings: dict | None, dataset: WsolDataset, split_n
     })
     log.info("%s pseudo-boxes on %s: mean IoU with GT %.2f, %.1f%% at IoU >= 0.5", entry.name, split_name,
              quality["mean_iou"], quality["corloc"])
-    return PseudoBoxes(entry.name, key, split_name, boxes, quality)
+    return {"boxes": boxes, "quality": quality}
 
 
 def build_annotator(name: str, settings: dict | None = None) -> Annotator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from harness.data.base import Split
 from harness.errors import HarnessError
@@ -73,6 +73,36 @@ def train_loader(split: Split, batch_size: int, seed: int, num_workers: int = 0,
         drop_last=len(split) > batch_size,  # a 1-frame last batch breaks BatchNorm
         generator=gen,
     )
+
+
+def shuffled_batches(split: Split, batch_size: int, seed: int) -> list[list[int]]:
+    """The batches of frame indices :func:`train_loader` shuffles for ``seed``, drawn the same
+    way: the loader's iterator takes its workers' base seed from the generator first, then the
+    sampler its permutation (tests/test_distributed.py checks the two against each other)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)
+    return list(BatchSampler(RandomSampler(range(len(split)), generator=gen), batch_size,
+                             drop_last=len(split) > batch_size))
+
+
+class RankBatches:
+    """Under torchrun, this rank's contiguous block of each of the epoch's ``batches`` (every rank
+    draws the same batches from the epoch seed). A batch with fewer frames than ranks is
+    dropped on every rank, so that all ranks take the same number of steps."""
+
+    def __init__(self, batches):
+        from harness import distributed
+
+        self.batches, self.rank, self.world = batches, distributed.rank(), distributed.world_size()
+
+    def __iter__(self):
+        for b in self.batches:
+            b = list(b)
+            if len(b) >= self.world:
+                yield b[self.rank * len(b) // self.world:(self.rank + 1) * len(b) // self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def eval_loader(split: Split, batch_size: int, num_workers: int = 0,

@@ -116,6 +116,7 @@ class BoxAccumulator:
         self.cls_count = np.zeros(C, dtype=np.int64)  # frames that came with class scores
         self.cls_top1 = np.zeros(C, dtype=np.int64)
         self.cls_top5 = np.zeros(C, dtype=np.int64)
+        self.last_floats = None
 
     # ------------------------------------------------------------------ accumulation
 
@@ -153,6 +154,7 @@ class BoxAccumulator:
         otsu_best = levels[otsu_level(q)]
         self.otsu_correct[c] += otsu_best >= np.asarray(self.iou_thresholds)
         self.otsu_iou_sum[c] += otsu_best
+        self.last_floats = (c, best, float(otsu_best))  # what a sharded evaluation replays in frame order
         self.pointing_hits[c] += pointing_hit(s, gt)
         self.count[c] += 1
         if rank is not None:
@@ -164,6 +166,17 @@ class BoxAccumulator:
             if rank < 5:
                 self.top5 += ok
         return best
+
+    def replay_floats(self, frames) -> None:
+        """Set the float sums (IoU and Otsu IoU) from ``(class, best IoU per threshold, Otsu
+        IoU)`` per frame (``last_floats`` of each :meth:`add`), added in the order given: merged
+        shards then hold the bits a single pass over the frames in that order gives, which a sum
+        of per-shard sums does not (float addition is not associative)."""
+        self.iou_sum[...] = 0.0
+        self.otsu_iou_sum[...] = 0.0
+        for c, best, otsu in frames:
+            self.iou_sum[c] += best
+            self.otsu_iou_sum[c] += otsu
 
     def merge(self, other: "BoxAccumulator") -> "BoxAccumulator":
         """Add ``other``'s counts into this accumulator (in place) and return ``self``."""

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from harness import __version__, io
+from harness import __version__, io, locks
 from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
@@ -81,35 +81,39 @@ class ProposalBank:
                        "f_r": weights_digest(classifier), "normalization": [normalization, classifier_normalization],
                        "harness": __version__}
         path = cache_path(split, description)
-        if path.is_file():
-            try:
-                state = io.load_tensors(path, "DiPS proposal cache")
-                if state["frames"] == len(split):
-                    log.info("DiPS proposals of %d %s frames read from %s", len(split), split.name, path)
-                    return cls(state["maps"].to(device), Proposals.from_state(state["proposals"]).to(device), size,
-                               encoder.patch)
-                log.warning("DiPS proposal cache %s does not match the split; computing the proposals again", path)
-            except (HarnessError, KeyError, TypeError, AttributeError) as exc:
-                log.warning("DiPS proposal cache %s is unreadable (%s); computing the proposals again", path, exc)
-        encoder.eval()
-        classifier.eval()
-        maps, props = [], []
-        loader = eval_loader(split, batch_size, 0, normalization) if normalization else eval_loader(split, batch_size)
-        for batch in tqdm(loader, desc="DiPS proposals of the train frames", leave=False, disable=not progress):
-            check_finite_images(batch, split, normalization)
-            images = batch["image"].to(device)
-            labels = batch["label"].to(device)
-            m = encoder.maps(images)
-            if not torch.isfinite(m).all():
-                raise HarnessError("dips: the encoder's attention maps hold NaN/inf: the encoder stage diverged")
-            x = renormalize(images, normalization, classifier_normalization)
-            props.append(propose(classifier, x, labels, upsample(m, size, encoder.patch), cfg))
-            maps.append(m.half())
-        bank = cls(torch.cat(maps), Proposals.cat(props), size, encoder.patch)
-        io.save_tensors(path, {"frames": len(split), "maps": bank.maps.cpu(),
-                               "proposals": bank.proposals.to("cpu").state(), "description": json.dumps(description)})
-        log.info("DiPS proposals cached in %s", path)
-        return bank
+        # one run computes a split's proposals, the others (same key) wait, then read them
+        with locks.file_lock(path.with_suffix(".lock"), f"another run computing the DiPS proposals of {split.name}"):
+            if path.is_file():
+                try:
+                    state = io.load_tensors(path, "DiPS proposal cache")
+                    if state["frames"] == len(split):
+                        log.info("DiPS proposals of %d %s frames read from %s", len(split), split.name, path)
+                        return cls(state["maps"].to(device), Proposals.from_state(state["proposals"]).to(device), size,
+                                   encoder.patch)
+                    log.warning("DiPS proposal cache %s does not match the split; computing the proposals again", path)
+                except (HarnessError, KeyError, TypeError, AttributeError) as exc:
+                    log.warning("DiPS proposal cache %s is unreadable (%s); computing the proposals again", path, exc)
+            encoder.eval()
+            classifier.eval()
+            maps, props = [], []
+            loader = (eval_loader(split, batch_size, 0, normalization) if normalization
+                      else eval_loader(split, batch_size))
+            for batch in tqdm(loader, desc="DiPS proposals of the train frames", leave=False, disable=not progress):
+                check_finite_images(batch, split, normalization)
+                images = batch["image"].to(device)
+                labels = batch["label"].to(device)
+                m = encoder.maps(images)
+                if not torch.isfinite(m).all():
+                    raise HarnessError("dips: the encoder's attention maps hold NaN/inf: the encoder stage diverged")
+                x = renormalize(images, normalization, classifier_normalization)
+                props.append(propose(classifier, x, labels, upsample(m, size, encoder.patch), cfg))
+                maps.append(m.half())
+            bank = cls(torch.cat(maps), Proposals.cat(props), size, encoder.patch)
+            io.save_tensors(path, {"frames": len(split), "maps": bank.maps.cpu(),
+                                   "proposals": bank.proposals.to("cpu").state(),
+                                   "description": json.dumps(description)})
+            log.info("DiPS proposals cached in %s", path)
+            return bank
 
     def sample(self, indices: torch.Tensor, flipped: torch.Tensor | None, cfg: SamplerConfig,
                generator: torch.Generator | None = None) -> torch.Tensor:
