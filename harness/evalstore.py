@@ -127,14 +127,30 @@ class EvalStore:
                    (rec.get("targets") or {}).get(t, {}).get("key") != self.pseudo(split, t).key}
         if rec is None or missing:
             new = self._compute(split, epoch, current, {t: self.pseudo(split, t) for t in missing})
+            per_frame = new.pop("per_frame")
             if rec is not None:  # keep what was valid, add the new targets
                 new["targets"] = {**(rec.get("targets") or {}), **new["targets"]}
             rec = new
             rec["settings"] = self.settings
             if distributed.is_main():  # under torchrun every rank holds the merged record; one writes it
+                # the per-frame outcomes first: a record on disk implies its outcomes
+                io.save_npz(self.outcomes_path(split, epoch), per_frame)
                 io.write_json(path, rec)
         self._memo[key] = rec
         return rec
+
+    def outcomes_path(self, split: str, epoch: int) -> Path:
+        return self.records_dir / f"{split}-epoch{epoch:03d}.frames.npz"
+
+    def outcomes(self, split: str, epoch: int) -> dict | None:
+        """The per-frame outcomes of the record of (split, epoch) (``inference.frame_outcomes``),
+        as written with it; None when the record predates them or the file is unreadable."""
+        self.record(split, epoch)
+        try:
+            return io.load_npz(self.outcomes_path(split, epoch))
+        except HarnessError as exc:
+            log.warning("%s: no bootstrap interval for %s epoch %d", exc, split, epoch)
+            return None
 
     def _compute(self, split_name: str, epoch: int, current: bool, targets: dict) -> dict:
         split = self.dataset.split(split_name)

@@ -126,8 +126,9 @@ def accumulate(
         writer = _MapWriter(path, 0, split.image(indices[0]).shape[:2], num_classes)
     if writer is not None:
         writer.close()
+    outcomes = floats[None]
     if sharded:
-        boxes, masks, pseudo = _merge_shards(boxes, masks, pseudo, floats)
+        boxes, masks, pseudo, outcomes = _merge_shards(boxes, masks, pseudo, floats)
         if save_to is not None:
             distributed.barrier()
             if distributed.is_main():
@@ -138,7 +139,22 @@ def accumulate(
         "masks": masks.state_dict() if masks is not None else None,
         "targets": {name: {"key": targets[name].key, "boxes": acc.state_dict()} for name, acc in pseudo.items()},
         "frames": boxes.num_frames,
+        "per_frame": frame_outcomes(outcomes, split, indices, cfg.eval.iou_threshold),
     }
+
+
+def frame_outcomes(outcomes: list, split: Split, indices: list[int], iou: float) -> dict[str, np.ndarray]:
+    """Per evaluated frame, in order: ``correct`` (N, T) bool, its box at each threshold right at
+    IoU ``iou``, packed along T (``np.packbits``); ``otsu_correct`` (N,) with the map's Otsu box;
+    ``label`` (N,); ``cluster`` (N,), the index of its video (of itself for an image dataset),
+    what a bootstrap resamples whole (harness/evaluation/uncertainty.py)."""
+    best = np.array([o[1] for o in outcomes], dtype=np.float64).reshape(len(outcomes), -1)
+    videos = [split.frames[i].video or split.frames[i].id for i in indices[:len(outcomes)]]
+    return {"correct": np.packbits(best >= iou, axis=1),
+            "thresholds": np.array(best.shape[1]),
+            "otsu_correct": np.array([o[2] >= iou for o in outcomes], dtype=bool),
+            "label": np.array([o[0] for o in outcomes], dtype=np.int64),
+            "cluster": np.unique(np.array(videos, dtype=str), return_inverse=True)[1].astype(np.int64)}
 
 
 def evaluate_split(method: Method, split: Split, num_classes: int, cfg, device, progress: bool = True,
@@ -164,6 +180,7 @@ def _merge_shards(boxes: BoxAccumulator, masks: MaskAccumulator | None, pseudo: 
 
     boxes = merged(lambda p: p["boxes"], None)
     pseudo = {k: merged(lambda p, k=k: p["pseudo"][k], k) for k in pseudo}
+    outcomes = [f for part in parts for f in part["floats"][None]]
     if masks is not None:
         masks = MaskAccumulator.from_state_dict(parts[0]["masks"])
         for part in parts[1:]:
@@ -171,7 +188,7 @@ def _merge_shards(boxes: BoxAccumulator, masks: MaskAccumulator | None, pseudo: 
             masks.pos += other.pos
             masks.neg += other.neg
             masks.frames += other.frames
-    return boxes, masks, pseudo
+    return boxes, masks, pseudo, outcomes
 
 
 def shard_path(path: Path, r: int, w: int) -> Path:

@@ -129,6 +129,29 @@ def save_tensors(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def save_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """NumPy arrays (no objects) in one ``.npz``, atomically; read back with :func:`load_npz`."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict:
+    """The arrays of a :func:`save_npz` file (``allow_pickle=False``: a file never runs code); a
+    missing or damaged file is a :class:`HarnessError` naming it."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise HarnessError(f"{path} does not exist") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise HarnessError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
 def load_tensors(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain data only, never code. A file
     that is damaged, or holds other Python objects, is a one-line :class:`HarnessError`

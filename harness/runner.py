@@ -596,6 +596,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     last = len(method.stages) - 1
     epochs = [e for s, e in ckpts.done() if s == last and e <= method.stages[last].epochs]
     selection, metrics = select_and_measure(cfg, protocol, store, epochs)
+    uncertainty = intervals(cfg, store, selection)
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
     record = {
@@ -605,6 +606,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         "resumed_from": resumed_from,
         "wall_time_s": round(time.time() - started, 2),
         "config": cfg.to_dict(),
+        "uncertainty": uncertainty,
     }
     if record["train_frames"]["per_shot_per_epoch"]:
         record["train_frames"]["stages_with_own_batches"] = _own_batch_stages(method, dataset, cfg)
@@ -649,6 +651,28 @@ def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[i
         rec = store.record(split, selection.epoch, targets=(target,))
         metrics[f"{split}@{target}"] = split_metrics(rec, selection.tau_index, iou, target)
     return selection, metrics
+
+
+def intervals(cfg, store: EvalStore, selection) -> dict:
+    """95% bootstrap intervals of CorLoc at the selected epoch and threshold, per split, from the
+    evaluator's per-frame outcomes, resampling whole videos (harness/evaluation/uncertainty.py);
+    {} for a split whose records predate the outcomes."""
+    from harness.evaluation.uncertainty import bootstrap_ci
+
+    out = {}
+    for split in ("val", "test"):
+        o = store.outcomes(split, selection.epoch)
+        if o is None:
+            continue
+        if selection.tau_index is None:  # each map's own Otsu box
+            correct = o["otsu_correct"]
+        else:
+            rows = np.unpackbits(o["correct"], axis=1, count=int(o["thresholds"])).astype(bool)
+            correct = rows[np.arange(len(rows)), np.asarray(selection.tau_index)[o["label"]]]
+        ci = bootstrap_ci(correct, o["label"], o["cluster"], n_boot=int(cfg.eval.get("bootstrap_samples", 1000)),
+                          seed=int(cfg.seed))
+        out[split] = {"corloc": {**ci.to_dict(), "resampled": "videos"}}
+    return out
 
 
 def pseudo_box_summary(store: EvalStore) -> dict:

@@ -38,6 +38,7 @@ def _evaluate(rank: int, world: int, store: str, out: str, home: str) -> None:
     cfg, dataset, method = _method_and_split()
     record = evaluate_split(method, dataset.split("val"), len(dataset.classes), cfg, "cpu", progress=False,
                             save_to=f"{out}/maps.npy")
+    np.savez(f"{out}/frames{rank}.npz", **record.pop("per_frame"))
     with open(f"{out}/record{rank}.json", "w") as f:
         json.dump(record, f)
     dist.destroy_process_group()
@@ -55,9 +56,13 @@ def test_sharded_evaluation_equals_one_process_bit_for_bit(tmp_path):
                             save_to=tmp_path / "one" / "maps.npy")
     mp.start_processes(_evaluate, args=(2, str(tmp_path / "store"), str(tmp_path / "two"), home), nprocs=2,
                        start_method="spawn")
+    per_frame = single.pop("per_frame")
     for r in range(2):
         got = json.loads((tmp_path / "two" / f"record{r}.json").read_text())
         assert got == json.loads(json.dumps(single))  # every count and float sum, on every rank
+        with np.load(tmp_path / "two" / f"frames{r}.npz") as frames:  # and every frame's outcome
+            assert set(frames.files) == set(per_frame)
+            assert all(np.array_equal(frames[k], per_frame[k]) for k in per_frame)
     assert np.asarray(single["boxes"]["iou_sum"]).sum() > 0  # the float sums are compared too
     one = np.load(tmp_path / "one" / "maps.npy")
     two = np.load(tmp_path / "two" / "maps.npy")

@@ -66,3 +66,26 @@ def test_mean_and_std_over_seeds_by_hand_and_bad_input():
         mean_std([1.0, float("nan")])
     with pytest.raises(HarnessError, match="one length"):
         bootstrap_ci([1, 0], [0], None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["test-threshold-per-class", "class-only"])
+def test_a_runs_interval_comes_from_its_per_frame_outcomes_and_centres_on_its_corloc(protocol, tmp_path):
+    """Per-class thresholds, and each map's own Otsu box (class-only): the interval's estimate,
+    recomputed from the stored per-frame outcomes, is the record's CorLoc."""
+    import json
+
+    from harness import runner
+
+    from conftest import TINY_YTO
+
+    run_dir = runner.prepare("cam", protocol, "synth-yto", {**TINY_YTO, "eval.bootstrap_samples": 200}, tmp_path)
+    record = runner.execute(run_dir, progress=False)
+    for split in ("val", "test"):
+        ci = record["uncertainty"][split]["corloc"]
+        assert ci["estimate"] == pytest.approx(record["metrics"][split]["corloc"], abs=1e-9)
+        assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["n_boot"] == 200 and ci["resampled"] == "videos"
+        assert ci["clusters"] == 10  # synth-yto test/val: 1 video per class
+    assert json.loads((run_dir / "result.json").read_text())["uncertainty"] == record["uncertainty"]
+    frames = sorted(p.name for p in (run_dir / "evals").glob("*.frames.npz"))
+    assert "test-epoch001.frames.npz" in frames

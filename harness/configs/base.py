@@ -45,6 +45,7 @@ eval = dict(
     multi_contour=False,  # False: box of the largest contour; True: a box per contour (MaxBoxAccV2)
     interpolation="bilinear",  # map upsampling to frame size: "bilinear" or "bicubic"
     save_maps="selected",  # keep evaluated maps for `harness eval`: "none", "selected" epoch, "all"
+    bootstrap_samples=1000,  # resamples of the 95% bootstrap interval of CorLoc in result.json (whole videos)
 )
 
 # Pseudo-box annotators' settings (annotators.<name>.*), filled from each registered
