@@ -12,7 +12,7 @@ from tabulate import tabulate
 from harness.errors import HarnessError
 
 
-_START = """commands: run, eval, sweep, annotate, list, data, leaderboard, report (`harness COMMAND -h` for each).
+_START = """commands: run, eval, compare, sweep, annotate, list, data, leaderboard, report (`harness COMMAND -h` for each).
 To start: `harness run --plugin cam --protocol gt-val` trains and evaluates CAM on the built-in
 synthetic dataset; `harness list` shows every method, protocol and dataset."""
 
@@ -141,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--time-min", type=int, metavar="MINUTES", help="slurm: each trial's time limit in minutes "
                     "(default 240); a trial cut off continues from its last checkpoint with --resume")
     sw.set_defaults(func=cmd_sweep)
+
+    cp = sub.add_parser("compare", help="paired test of two runs on the same frames: CI of the CorLoc difference, p-value")
+    cp.add_argument("run_a", metavar="RUN_A")
+    cp.add_argument("run_b", metavar="RUN_B")
+    cp.add_argument("--protocol", help="compare under this protocol (both runs evaluated with `harness eval` under it)")
+    cp.add_argument("--split", default="test", choices=("test", "val"))
+    cp.add_argument("--samples", type=int, default=2000, help="bootstrap resamples and permutations (default 2000)")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.set_defaults(func=cmd_compare)
 
     an = sub.add_parser("annotate", help="make (or read from the cache) an annotator's pseudo-boxes; print their quality")
     an.add_argument("--annotator", default="cam-pg", help="annotator (see `harness list`)")
@@ -377,6 +386,16 @@ def cmd_sweep(args) -> int:
     print(f"\nselected trial {c['trial']} ({c['overrides']}): {record['configuration_chosen_by']}; "
           f"test CorLoc {record['metrics']['test']['corloc']:.1f}")
     print(f"result: {sweep_dir / 'result.json'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from harness import compare
+
+    if args.samples < 100:
+        raise HarnessError(f"--samples {args.samples}: use at least 100")
+    result = compare.compare(args.run_a, args.run_b, args.protocol, args.split, args.samples, args.samples, args.seed)
+    print(compare.table(result))
     return 0
 
 

@@ -596,7 +596,8 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     last = len(method.stages) - 1
     epochs = [e for s, e in ckpts.done() if s == last and e <= method.stages[last].epochs]
     selection, metrics = select_and_measure(cfg, protocol, store, epochs)
-    uncertainty = intervals(cfg, store, selection)
+    outcomes = selected_outcomes(store, selection)
+    uncertainty = intervals(cfg, outcomes)
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
     record = {
@@ -617,6 +618,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         record["distributed"] = {"world_size": distributed.world_size(), "backend": torch.distributed.get_backend()}
     if not distributed.is_main():
         return record
+    io.save_npz(run_dir / ("result" + OUTCOMES_SUFFIX), outcomes)  # before the result: a result implies them
     results.write_result(run_dir, record)
     tau = record["selection"]["tau"]
     log.info("selected epoch %d, tau %s; test CorLoc %.2f", selection.epoch,
@@ -653,12 +655,11 @@ def select_and_measure(cfg, protocol: Protocol, store: EvalStore, epochs: list[i
     return selection, metrics
 
 
-def intervals(cfg, store: EvalStore, selection) -> dict:
-    """95% bootstrap intervals of CorLoc at the selected epoch and threshold, per split, from the
-    evaluator's per-frame outcomes, resampling whole videos (harness/evaluation/uncertainty.py);
-    {} for a split whose records predate the outcomes."""
-    from harness.evaluation.uncertainty import bootstrap_ci
-
+def selected_outcomes(store: EvalStore, selection) -> dict[str, np.ndarray]:
+    """Per split, per evaluated frame, whether its box was right at the selected epoch and
+    threshold (``<split>_correct``), with ``<split>_label`` and ``<split>_cluster`` (its video):
+    what the intervals and ``harness compare`` resample. Empty for records that predate the
+    per-frame outcomes."""
     out = {}
     for split in ("val", "test"):
         o = store.outcomes(split, selection.epoch)
@@ -669,10 +670,25 @@ def intervals(cfg, store: EvalStore, selection) -> dict:
         else:
             rows = np.unpackbits(o["correct"], axis=1, count=int(o["thresholds"])).astype(bool)
             correct = rows[np.arange(len(rows)), np.asarray(selection.tau_index)[o["label"]]]
-        ci = bootstrap_ci(correct, o["label"], o["cluster"], n_boot=int(cfg.eval.get("bootstrap_samples", 1000)),
-                          seed=int(cfg.seed))
-        out[split] = {"corloc": {**ci.to_dict(), "resampled": "videos"}}
+        out.update({f"{split}_correct": correct, f"{split}_label": o["label"], f"{split}_cluster": o["cluster"]})
     return out
+
+
+def intervals(cfg, outcomes: dict[str, np.ndarray]) -> dict:
+    """95% bootstrap intervals of CorLoc per split from :func:`selected_outcomes`, resampling
+    whole videos (harness/evaluation/uncertainty.py)."""
+    from harness.evaluation.uncertainty import bootstrap_ci
+
+    out = {}
+    for split in ("val", "test"):
+        if f"{split}_correct" in outcomes:
+            ci = bootstrap_ci(outcomes[f"{split}_correct"], outcomes[f"{split}_label"], outcomes[f"{split}_cluster"],
+                              n_boot=int(cfg.eval.get("bootstrap_samples", 1000)), seed=int(cfg.seed))
+            out[split] = {"corloc": {**ci.to_dict(), "resampled": "videos"}}
+    return out
+
+
+OUTCOMES_SUFFIX = ".outcomes.npz"  # beside result.json and each evaluations/<protocol>.json
 
 
 def pseudo_box_summary(store: EvalStore) -> dict:
@@ -1143,6 +1159,9 @@ def reevaluate_many(run_dir: str | Path, protocols: list[str | Protocol | None],
             }
             record["pseudo_boxes"] = {k: v for k, v in record["pseudo_boxes"].items()
                                       if k in {t for _, t in needs(proto)}}
+            outcomes = selected_outcomes(store, selection)
+            record["uncertainty"] = intervals(cfg, outcomes)
+            io.save_npz(folder / f"{proto.name}{OUTCOMES_SUFFIX}", outcomes)
             io.write_json(folder / f"{proto.name}.json", record)
             records.append(record)
     return records

@@ -89,3 +89,42 @@ def test_a_runs_interval_comes_from_its_per_frame_outcomes_and_centres_on_its_co
     assert json.loads((run_dir / "result.json").read_text())["uncertainty"] == record["uncertainty"]
     frames = sorted(p.name for p in (run_dir / "evals").glob("*.frames.npz"))
     assert "test-epoch001.frames.npz" in frames
+
+
+@pytest.mark.slow
+def test_harness_compare_pairs_two_runs_on_the_same_frames_and_refuses_others(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    from conftest import TINY_CUB, TINY_YTO
+
+    opts = [f"{k}={v}" for k, v in TINY_YTO.items()]
+    for plugin in ("cam", "layercam"):
+        assert main(["run", "--plugin", plugin, "--run-root", str(tmp_path), "--no-progress", "--cfg-options", *opts]) == 0
+    a, b = sorted(tmp_path.glob("*-cam-gt-val"))[0], sorted(tmp_path.glob("*-layercam-gt-val"))[0]
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--samples", "200"]) == 0
+    out = capsys.readouterr().out
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    diff = ra["metrics"]["test"]["corloc"] - rb["metrics"]["test"]["corloc"]
+    assert f"CorLoc A - B: {diff:+.2f}" in out and "permutation p = " in out and "10 videos" in out
+    # under another protocol, once both runs are evaluated under it
+    assert main(["compare", str(a), str(b), "--protocol", "test-threshold"]) == 2
+    assert "harness eval --run" in capsys.readouterr().err
+    for d in (a, b):
+        assert main(["eval", "--run", str(d), "--protocol", "test-threshold", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(a), str(b), "--protocol", "test-threshold", "--samples", "200"]) == 0
+    assert "test-threshold" in capsys.readouterr().out
+    # another dataset: refused
+    cub = [f"{k}={v}" for k, v in TINY_CUB.items()]
+    assert main(["run", "--plugin", "cam", "--dataset", "synth-cub", "--run-root", str(tmp_path / "cub"),
+                 "--no-progress", "--cfg-options", *cub]) == 0
+    [c] = (tmp_path / "cub").glob("*-cam-gt-val")
+    capsys.readouterr()
+    assert main(["compare", str(a), str(c)]) == 2
+    assert "different datasets" in capsys.readouterr().err
+    (a / "result.outcomes.npz").unlink()  # a run from before the outcomes
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "predates per-frame outcomes" in capsys.readouterr().err
