@@ -139,7 +139,7 @@ def accumulate(
         "masks": masks.state_dict() if masks is not None else None,
         "targets": {name: {"key": targets[name].key, "boxes": acc.state_dict()} for name, acc in pseudo.items()},
         "frames": boxes.num_frames,
-        "per_frame": frame_outcomes(outcomes, split, indices, cfg.eval.iou_threshold),
+        "per_frame": frame_outcomes(outcomes, split, indices, float(cfg.eval.get("iou_threshold", 0.5))),
     }
 
 
