@@ -122,6 +122,7 @@ def _eval_rank(rank: int, world: int, store: str, out: str, frames: int, size: i
     record = evaluate_split(method, split, len(dataset.classes), cfg, "cpu", progress=False)
     seconds = time.perf_counter() - start
     distributed.barrier()
+    record["per_frame"] = {k: v.tolist() for k, v in record["per_frame"].items()}
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump({"seconds": seconds, "record": record}, f)
     dist.destroy_process_group()
@@ -151,6 +152,7 @@ def sharded_eval(root: Path, workers: int, frames: int, size: int) -> None:
     mp.start_processes(_eval_rank, args=(workers, str(out / "store"), str(out), frames, size), nprocs=workers,
                        start_method="spawn")
     parts = [json.loads((out / f"rank{r}.json").read_text()) for r in range(workers)]
+    single["per_frame"] = {k: v.tolist() for k, v in single["per_frame"].items()}
     assert all(p["record"] == json.loads(json.dumps(single)) for p in parts), "sharded records differ"
     rows.append([f"{workers} gloo processes, 1 thread each (sharded)", max(p["seconds"] for p in parts)])
     base, one = rows[0][1], rows[-2][1]
