@@ -184,10 +184,7 @@ def _merge_shards(boxes: BoxAccumulator, masks: MaskAccumulator | None, pseudo: 
     if masks is not None:
         masks = MaskAccumulator.from_state_dict(parts[0]["masks"])
         for part in parts[1:]:
-            other = MaskAccumulator.from_state_dict(part["masks"])
-            masks.pos += other.pos
-            masks.neg += other.neg
-            masks.frames += other.frames
+            masks.merge(MaskAccumulator.from_state_dict(part["masks"]))
     return boxes, masks, pseudo, outcomes
 
 
@@ -204,18 +201,13 @@ def join_shards(path: Path, w: int) -> None:
     blocks = [shard_path(path, r, w) for r in range(w)]
     maps = [np.load(b, mmap_mode="r", allow_pickle=False) for b in blocks]
     scores = [np.load(logits_path(b), allow_pickle=False) for b in blocks]
-    n = sum(len(m) for m in maps)
-    with io.atomic_path(logits_path(path)) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.concatenate(scores))
-    with io.atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, *maps[0].shape[1:]))
-        start = 0
-        for m in maps:
-            out[start:start + len(m)] = m
-            start += len(m)
-        out.flush()
-        del out
+    writer = _MapWriter(path, sum(len(m) for m in maps), maps[0].shape[1:], scores[0].shape[1])
+    start = 0
+    for m, sc in zip(maps, scores):
+        writer.array[start:start + len(m)] = m
+        writer.logits[start:start + len(m)] = sc
+        start += len(m)
+    writer.close()
     for b in blocks:
         b.unlink(missing_ok=True)
         logits_path(b).unlink(missing_ok=True)
@@ -233,10 +225,10 @@ def saved_maps(path: Path, split: Split) -> Iterator[tuple[int, np.ndarray, np.n
     left in blocks (``<name>.shard<r>of<w>.npy``, killed before rank 0 joined them) are read as
     one file."""
     try:
-        if not Path(path).is_file() and _shards_of(path):
-            parts = [np.load(b, mmap_mode="r", allow_pickle=False) for b in _shards_of(path)]
-            maps = np.concatenate(parts)
-            scores = np.concatenate([np.load(logits_path(b), allow_pickle=False) for b in _shards_of(path)])
+        blocks = [] if Path(path).is_file() else _shards_of(path)
+        if blocks:
+            maps = np.concatenate([np.load(b, mmap_mode="r", allow_pickle=False) for b in blocks])
+            scores = np.concatenate([np.load(logits_path(b), allow_pickle=False) for b in blocks])
         else:
             maps = np.load(path, mmap_mode="r", allow_pickle=False)
             scores = np.load(logits_path(path), allow_pickle=False) if logits_path(path).is_file() else None

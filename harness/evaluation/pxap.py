@@ -41,6 +41,17 @@ class MaskAccumulator:
         self.neg += np.histogram(s[keep_bg], bins=self.edges)[0]
         self.frames += 1
 
+    def merge(self, other: "MaskAccumulator") -> "MaskAccumulator":
+        """Add ``other``'s histograms into this accumulator (in place) and return ``self``."""
+        if not isinstance(other, MaskAccumulator):
+            raise TypeError(f"cannot merge a {type(other).__name__} into a MaskAccumulator")
+        if not np.array_equal(other.thresholds, self.thresholds):
+            raise HarnessError("cannot merge mask accumulators with different thresholds")
+        self.pos += other.pos
+        self.neg += other.neg
+        self.frames += other.frames
+        return self
+
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
         """(precision, recall) at each threshold, highest first; see :func:`pr_curve`."""
         return pr_curve(self.pos, self.neg)
