@@ -38,6 +38,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This rank's GPU, ``cuda:LOCAL_RANK``, for a CUDA device in a process group; ``device`` otherwise."""
+    if device.type == "cuda" and active():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join the process group ``torchrun`` describes in the environment; False when there is
     none (a plain run). The timeout bounds how long a rank waits for one that died."""

@@ -71,6 +71,7 @@ class EvalStore:
             self.records_dir = self.records_dir / f"settings-{settings_key(self.settings)}"
         self.maps_ok = own_eval.get("interpolation") == cfg.eval.interpolation  # saved maps are post-interpolation
         self._memo: dict[tuple[str, int], dict] = {}
+        self._outcomes: dict[tuple[str, int], dict] = {}  # per-frame outcomes of the records computed here
         # During a run every evaluated epoch's maps are written, and pruned to the selected
         # epoch at the end under eval.save_maps="selected".
         self.save_new_maps = cfg.eval.save_maps != "none"
@@ -127,7 +128,7 @@ class EvalStore:
                    (rec.get("targets") or {}).get(t, {}).get("key") != self.pseudo(split, t).key}
         if rec is None or missing:
             new = self._compute(split, epoch, current, {t: self.pseudo(split, t) for t in missing})
-            per_frame = new.pop("per_frame")
+            per_frame = self._outcomes[key] = new.pop("per_frame")
             if rec is not None:  # keep what was valid, add the new targets
                 new["targets"] = {**(rec.get("targets") or {}), **new["targets"]}
             rec = new
@@ -143,9 +144,12 @@ class EvalStore:
         return self.records_dir / f"{split}-epoch{epoch:03d}.frames.npz"
 
     def outcomes(self, split: str, epoch: int) -> dict | None:
-        """The per-frame outcomes of the record of (split, epoch) (``inference.frame_outcomes``),
-        as written with it; None when the record predates them or the file is unreadable."""
+        """The per-frame outcomes of the record of (split, epoch) (``inference.frame_outcomes``):
+        those computed here, else as written with the record; None when the record predates
+        them or the file is unreadable."""
         self.record(split, epoch)
+        if (split, epoch) in self._outcomes:
+            return self._outcomes[(split, epoch)]
         try:
             return io.load_npz(self.outcomes_path(split, epoch))
         except HarnessError as exc:
@@ -186,6 +190,7 @@ class EvalStore:
         """Drop every record and saved map of ``epoch``: its weights are being trained (again),
         so what was evaluated from an earlier attempt is not that epoch's any more."""
         self._memo = {k: v for k, v in self._memo.items() if k[1] != epoch}
+        self._outcomes = {k: v for k, v in self._outcomes.items() if k[1] != epoch}
         pattern = f"*-epoch{epoch:03d}.*"
         if distributed.is_main():
             for path in [*self.run_dir.glob(f"evals/{pattern}"), *self.run_dir.glob(f"evals/*/{pattern}"),

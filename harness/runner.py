@@ -317,10 +317,7 @@ def join_process_group(device_name: str | None) -> bool:
     """Under torchrun, join its process group (gloo on CPU, NCCL on CUDA); False without one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    device = resolve_device(device_name or "auto")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return distributed.init_from_env(device)
+    return distributed.init_from_env(resolve_device(device_name or "auto"))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -576,9 +573,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     protocol = Protocol.from_config(cfg.protocol)
     check_eval_config(cfg)
     frames_per_shot(cfg)  # a run directory's config edited by hand fails before any work
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and distributed.active():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    device = distributed.rank_device(resolve_device(cfg.device))
     dataset = load_dataset(cfg, progress)
     seed_everything(cfg.seed)
     method = build_method(cfg, dataset.num_classes).to(device)
@@ -596,8 +591,8 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
     last = len(method.stages) - 1
     epochs = [e for s, e in ckpts.done() if s == last and e <= method.stages[last].epochs]
     selection, metrics = select_and_measure(cfg, protocol, store, epochs)
-    outcomes = selected_outcomes(store, selection)
-    uncertainty = intervals(cfg, outcomes)
+    main = distributed.is_main()  # only rank 0's record is written: the other ranks skip the bootstrap
+    outcomes = selected_outcomes(store, selection) if main else {}
     if cfg.eval.save_maps == "selected":
         store.prune_maps(selection.epoch)
     record = {
@@ -607,7 +602,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         "resumed_from": resumed_from,
         "wall_time_s": round(time.time() - started, 2),
         "config": cfg.to_dict(),
-        "uncertainty": uncertainty,
+        "uncertainty": intervals(cfg, outcomes),
     }
     if record["train_frames"]["per_shot_per_epoch"]:
         record["train_frames"]["stages_with_own_batches"] = _own_batch_stages(method, dataset, cfg)
@@ -616,7 +611,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         record["method_provenance"] = facts
     if distributed.active():
         record["distributed"] = {"world_size": distributed.world_size(), "backend": torch.distributed.get_backend()}
-    if not distributed.is_main():
+    if not main:
         return record
     io.save_npz(run_dir / ("result" + OUTCOMES_SUFFIX), outcomes)  # before the result: a result implies them
     results.write_result(run_dir, record)
