@@ -42,9 +42,10 @@ def previous_frames(split: Split, n: int) -> torch.Tensor:
     return torch.from_numpy(table)
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    lo = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - lo
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of (..., h, w) scaled to [0, 1] (a constant map becomes 0)."""
+    lo = maps.amin(dim=(-2, -1), keepdim=True)
+    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
     return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
@@ -85,7 +86,7 @@ class CamBank:
             m = m.float()
             if not torch.isfinite(m).all():
                 raise HarnessError("the classifier's CAMs hold NaN/inf: the classifier stage diverged")
-            maps.append(_minmax(m).half())
+            maps.append(minmax(m).half())
         return cls.from_maps(torch.cat(maps), split, temporal=temporal, roi=roi, batch_size=batch_size)
 
     @classmethod

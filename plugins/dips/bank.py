@@ -33,6 +33,7 @@ from harness.data.loader import check_finite_images, eval_loader
 from harness.errors import HarnessError
 from harness.fcam.pseudo_labels import SamplerConfig, sample_labels
 from harness.paths import harness_home
+from harness.stage_cache import stage_key
 
 from .model import upsample
 from .proposals import ProposalConfig, Proposals, box_mask, propose
@@ -58,8 +59,7 @@ def _frames_digest(split) -> str:
 
 
 def cache_path(split, description: dict) -> Path:
-    key = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return harness_home() / "dips-proposals" / f"{split.name}-{key}.pt"
+    return harness_home() / "dips-proposals" / f"{split.name}-{stage_key(description)}.pt"
 
 
 class ProposalBank:

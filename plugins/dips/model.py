@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.fcam.cam_bank import minmax
 
 
 def head_indices(heads, num_heads: int) -> list[int]:
@@ -83,13 +84,6 @@ class AttentionEncoder(nn.Module):
         gh, gw = -(-x.shape[-2] // self.patch), -(-x.shape[-1] // self.patch)
         m = torch.cat([a[:, self.heads], a.mean(1, keepdim=True)], 1).reshape(b, -1, gh, gw)
         return minmax(m)
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Each map of (..., h, w) scaled to [0, 1] (a constant map becomes 0)."""
-    lo = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
 def upsample(maps: torch.Tensor, size: Sequence[int], patch: int) -> torch.Tensor:
