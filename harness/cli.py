@@ -79,6 +79,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _runner_arguments(parser: argparse.ArgumentParser, what: str, same: str) -> None:
+    """Where a sweep's trials or a seed group's runs execute (harness/sweep.py's runners)."""
+    parser.add_argument("--runner", default="local", choices=["local", "ray", "slurm", "slurm-local"],
+                        help=f"where {what} run: one after the other here (default), as Ray tasks, as a SLURM job "
+                        f"array (submitit), or as submitit jobs on this machine; {same}")
+    parser.add_argument("--cpus-per-trial", type=int, metavar="N", help="ray, slurm: CPUs of each run (default 1)")
+    parser.add_argument("--gpus-per-trial", type=int, metavar="N", help="ray, slurm: GPUs of each run (default 0)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="ray: a running cluster, e.g. auto (default: start Ray on this machine)")
+    parser.add_argument("--partition", help="slurm: the partition (default: the cluster's)")
+    parser.add_argument("--time-min", type=int, metavar="MINUTES", help="slurm: each run's time limit in minutes "
+                        "(default 240); a run cut off continues from its last checkpoint with --resume")
+
+
+def _make_runner(args):
+    from harness import sweep
+
+    return sweep.make_runner(args.runner, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                             ray_address=args.ray_address, partition=args.partition, time_min=args.time_min)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Weakly-supervised object localization benchmarks")
     sub = p.add_subparsers(metavar="COMMAND")
@@ -94,17 +115,24 @@ def _parser() -> argparse.ArgumentParser:
                           "same keys and checks as --cfg-options")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     run.add_argument("--run-root", help="folder for run directories (default: config run.root = runs)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its last checkpoint (or a seed "
+                     "group: its unfinished runs)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--launcher", choices=("none", "torchrun"), default="none",
                      help="torchrun: train on --nproc processes of this machine (data parallel; docs/scale.md)")
     run.add_argument("--nproc", type=int, default=2, help="with --launcher torchrun: processes (default 2)")
+    run.add_argument("--seeds", metavar="S1,S2,...", help="a seed group: one run per seed (e.g. 0,1,2 or 0-4), "
+                     "reported as mean ± std over the seeds (docs/metrics.md)")
+    _runner_arguments(run, "a seed group's runs", "with --seeds")
     run.set_defaults(func=cmd_run)
 
     ev = sub.add_parser("eval", help="re-evaluate a trained run (another protocol or eval settings), no training")
-    ev.add_argument("--run", required=True, metavar="RUN_DIR", help="a run directory")
+    ev.add_argument("--run", metavar="RUN_DIR", help="a run directory")
+    ev.add_argument("--group", metavar="GROUP_DIR", help="a seed group (`harness run --seeds`): every metric as mean "
+                    "± std over its seeds, under every protocol (or --protocol)")
     ev.add_argument("--protocol", help="protocol preset or file; 'all': every preset, one row each; 'grid': the "
-                    "realistic-protocol chapter's Table 4.2 matrix (default: the run's own protocol)")
+                    "realistic-protocol chapter's Table 4.2 matrix (default: the run's own protocol; with --group, "
+                    "all)")
     ev.add_argument("--annotators", help="with --protocol grid: pseudo-box annotators for the columns, "
                     "comma-separated, e.g. cam-pg,noisy-gt")
     ev.add_argument("--cfg-options", nargs="+", action=_KeyValues, default={}, metavar="KEY=VALUE",
@@ -130,16 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--resume", metavar="SWEEP_DIR", help="continue a sweep: finished trials are kept (the runner "
                     "options below may be given again)")
     sw.add_argument("--no-progress", action="store_true")
-    sw.add_argument("--runner", default="local", choices=["local", "ray", "slurm", "slurm-local"],
-                    help="where trials run: one after the other here (default), as Ray tasks, as a SLURM job array "
-                    "(submitit), or as submitit jobs on this machine; selection is the same with every runner")
-    sw.add_argument("--cpus-per-trial", type=int, metavar="N", help="ray, slurm: CPUs of each trial (default 1)")
-    sw.add_argument("--gpus-per-trial", type=int, metavar="N", help="ray, slurm: GPUs of each trial (default 0)")
-    sw.add_argument("--ray-address", metavar="ADDRESS",
-                    help="ray: a running cluster, e.g. auto (default: start Ray on this machine)")
-    sw.add_argument("--partition", help="slurm: the partition (default: the cluster's)")
-    sw.add_argument("--time-min", type=int, metavar="MINUTES", help="slurm: each trial's time limit in minutes "
-                    "(default 240); a trial cut off continues from its last checkpoint with --resume")
+    _runner_arguments(sw, "trials", "selection is the same with every runner")
     sw.set_defaults(func=cmd_sweep)
 
     cp = sub.add_parser("compare", help="paired test of two runs on the same frames: CI of the CorLoc difference, p-value")
@@ -203,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--bold", default="paper", choices=["paper", "max", "none"],
                     help="bold cells: the paper's own marks (default), each column's best among the ranked rows "
                     "on the real dataset, or none; reference rows are never bold")
+    lb.add_argument("--uncertainty", default="none", choices=["none", "std", "ci"],
+                    help="with --table: run cells as mean ± std over a seed group's seeds (std) or with their 95%% "
+                    "bootstrap interval over test frames (ci); published rows stay as printed (default none)")
     lb.add_argument("--list", action="store_true", help="list the published tables")
     lb.add_argument("--match", action="store_true", help="the tables each of --runs fits")
     lb.add_argument("--check", action="store_true", help="re-derive every printed average of the transcriptions")
@@ -211,6 +233,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="figures and report.html of a run; or an index page across runs")
     rep.add_argument("--run", metavar="RUN_DIR", help="write RUN_DIR/figures/*.png and RUN_DIR/report.html")
+    rep.add_argument("--group", metavar="GROUP_DIR", help="a seed group's page: the seeds' spread per epoch, the "
+                     "threshold curves' band, each seed's report linked (GROUP_DIR/report.html)")
     rep.add_argument("--index", metavar="HTML", help="write an index page of --runs with the published tables "
                      "they fit")
     rep.add_argument("--runs", nargs="+", default=[], metavar="DIR", help="with --index: run directories or roots")
@@ -226,8 +250,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from harness import config as config_mod, distributed, results, runner
+    from harness import config as config_mod, distributed, groups, results, runner
 
+    group = args.seeds or (args.resume and groups.is_group(args.resume))
+    runner_flags = [f for f, on in (("--runner", args.runner != "local"), ("--cpus-per-trial", args.cpus_per_trial),
+                                    ("--gpus-per-trial", args.gpus_per_trial), ("--ray-address", args.ray_address),
+                                    ("--partition", args.partition), ("--time-min", args.time_min)) if on]
+    if group:
+        if args.launcher == "torchrun":
+            raise HarnessError("--seeds runs each seed as its own run: give --launcher torchrun to single runs, or "
+                               "spread the seeds over processes with --runner ray|slurm-local")
+        return _run_group(args)
+    if runner_flags:
+        raise HarnessError(f"{', '.join(runner_flags)} place the runs of a seed group: add --seeds S1,S2,...")
     if args.launcher == "torchrun":
         return _launch_torchrun(args)
     if args.resume:
@@ -257,6 +292,35 @@ def cmd_run(args) -> int:
     if (run_dir / "report.html").is_file():
         print(f"report: {run_dir / 'report.html'}")
     _print_fitting_tables(run_dir)
+    return 0
+
+
+def _run_group(args) -> int:
+    """``harness run --seeds ...``, or ``--resume GROUP_DIR``: every seed's run, then the group's record."""
+    from harness import groups
+
+    trial_runner = _make_runner(args)  # a bad runner option or a missing engine leaves nothing behind
+    if args.resume:
+        _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--cfg-options", "--config", "--device",
+                            "--run-root", "--seeds", what="a seed group continues with its saved members")
+        group_dir = Path(args.resume)
+        groups.load_spec(group_dir)
+    else:
+        if not args.plugin:
+            raise HarnessError("--plugin is required (see `harness list` for the methods)")
+        group_dir = groups.create(args.plugin, args.protocol or "gt-val", args.dataset or "synth-yto",
+                                  groups.parse_seeds(args.seeds), args.cfg_options, args.config, args.run_root,
+                                  args.device, progress=not args.no_progress)
+        print(f"seed group: {group_dir}", file=sys.stderr)
+    args._run_dir = group_dir
+    record = groups.execute(group_dir, trial_runner, progress=not args.no_progress)
+    print(groups.members_table(record))
+    print()
+    print(groups.metrics_table(record))
+    print(f"\nresult: {group_dir / 'result.json'}")
+    if (group_dir / "report.html").is_file():
+        print(f"report: {group_dir / 'report.html'}")
+    _print_fitting_tables(group_dir)
     return 0
 
 
@@ -318,24 +382,19 @@ def _print_record(record: dict) -> None:
 
 def cmd_eval(args) -> int:
     from harness import io, results, runner
-    from harness.registry import registry
 
     if args.annotators and args.protocol != "grid":
         raise HarnessError("--annotators picks the columns of --protocol grid; add --protocol grid, or drop it")
+    if bool(args.run) == bool(args.group):
+        raise HarnessError("give --run RUN_DIR (a run) or --group GROUP_DIR (a seed group), one of them")
+    if args.group:
+        return _eval_group(args)
     run_dir = Path(args.run)
     if not (run_dir / "config.py").is_file():
         raise HarnessError(f"--run {run_dir}: not a run directory (no config.py)")
     if args.protocol in ("all", "grid"):
-        if args.protocol == "all":
-            protocols, out, table = registry().names("protocol"), "evaluations", results.protocol_table
-        else:
-            from harness.protocol import grid
-
-            names = [a for a in (args.annotators or "").split(",") if a]
-            for name in names:
-                registry().get("annotator", name)  # unknown names fail before any work
-            protocols, out = grid(names), "evaluations/grid"
-            table = results.protocol_grid_table
+        protocols, out = _protocols(args, args.protocol)
+        table = results.protocol_table if args.protocol == "all" else results.protocol_grid_table
         records = runner.reevaluate_many(run_dir, protocols, args.cfg_options, args.device, not args.no_progress,
                                          out_dir=out)
         folder = runner.evaluation_dir(run_dir, records[0]["settings_changed"], out)
@@ -351,6 +410,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _protocols(args, which: str) -> tuple[list, str]:
+    """The protocols of ``--protocol all|grid`` (each checked before any work) and their folder."""
+    from harness.registry import registry
+
+    if which == "all":
+        return registry().names("protocol"), "evaluations"
+    from harness.protocol import grid
+
+    names = [a for a in (args.annotators or "").split(",") if a]
+    for name in names:
+        registry().get("annotator", name)  # unknown names fail before any work
+    return grid(names), "evaluations/grid"
+
+
+def _eval_group(args) -> int:
+    from harness import groups, io, runner
+
+    group_dir = Path(args.group)
+    groups.load_spec(group_dir)
+    protocol = args.protocol or "all"
+    protocols, out = _protocols(args, protocol) if protocol in ("all", "grid") else ([protocol], "evaluations")
+    records = groups.reevaluate(group_dir, protocols, args.cfg_options, args.device, not args.no_progress, out)
+    folder = runner.evaluation_dir(group_dir, records[0].get("settings_changed") or {}, out)
+    text = groups.protocols_table(records) + "\n\n" + "\n\n".join(
+        f"### {r['protocol']['name']}\n\n{groups.metrics_table(r)}" for r in records)
+    io.write_text(folder / "protocols.md", text + "\n")
+    print(text)
+    print(f"\nwritten: {folder}/")
+    return 0
+
+
 def _taus(taus: list[float]) -> str:
     return f"{taus[0]:.3f}" if len(set(taus)) == 1 else ", ".join(f"{t:.3f}" for t in taus)
 
@@ -359,9 +449,7 @@ def cmd_sweep(args) -> int:
     from harness import sweep
 
     # Before the sweep directory exists: a bad runner option or a missing engine leaves nothing behind.
-    trial_runner = sweep.make_runner(args.runner, cpus_per_trial=args.cpus_per_trial,
-                                     gpus_per_trial=args.gpus_per_trial, ray_address=args.ray_address,
-                                     partition=args.partition, time_min=args.time_min)
+    trial_runner = _make_runner(args)
     if args.resume:
         _refuse_with_resume(args, "--plugin", "--protocol", "--dataset", "--grid", "--space", "--trials",
                             "--cfg-options", "--config", "--run-root", what="a sweep continues with its saved "
@@ -514,7 +602,8 @@ def cmd_leaderboard(args) -> int:
         print(commands.match(args.runs))
         return 0
     if args.table:
-        text, skipped = commands.table(args.table, args.runs, args.format, args.protocol, args.bold)
+        text, skipped = commands.table(args.table, args.runs, args.format, args.protocol, args.bold,
+                                       args.uncertainty)
         for why in skipped:
             print(f"harness: left out {why}", file=sys.stderr)
         if args.out:
@@ -522,8 +611,9 @@ def cmd_leaderboard(args) -> int:
         else:
             print(text, end="")
         return 0
-    if args.runs or args.format != "md" or args.protocol or args.out or args.bold != "paper":
-        raise HarnessError("--runs/--format/--protocol/--out/--bold go with --table ID (see --list)")
+    if args.runs or args.format != "md" or args.protocol or args.out or args.bold != "paper" \
+            or args.uncertainty != "none":
+        raise HarnessError("--runs/--format/--protocol/--out/--bold/--uncertainty go with --table ID (see --list)")
     root = Path(args.run_root)
     if not root.is_dir():
         raise HarnessError(f"run root {root} does not exist; pass --run-root DIR")
@@ -543,11 +633,18 @@ def cmd_report(args) -> int:
     from harness.leaderboard.tables import get
     from harness.report import report_summary, write_index, write_report
 
-    if bool(args.run) == bool(args.index):
-        raise HarnessError("give --run RUN_DIR (one run's report) or --index HTML --runs DIR ... (a page across runs)")
+    if sum(map(bool, (args.run, args.index, args.group))) != 1:
+        raise HarnessError("give --run RUN_DIR (one run's report), --group GROUP_DIR (a seed group's) or --index HTML "
+                           "--runs DIR ... (a page across runs)")
     if args.frames < 1:
         raise HarnessError(f"--frames {args.frames}: must be at least 1")
     progress = not args.no_progress
+    if args.group:
+        from harness.report.group import write_group_report
+
+        page = write_group_report(args.group, progress=progress, frames=args.frames, device=args.device)
+        print(f"wrote {page}")
+        return 0
     if args.run:
         page = write_report(args.run, args.frames, progress, args.device)
         summary, damaged = report_summary(page)

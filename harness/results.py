@@ -122,7 +122,19 @@ def record_problems(record) -> list[str]:
         if classes is not None and not all(isinstance(c, str) for c in classes):
             out.append("dataset.classes holds something other than strings")
     selection = need(record, "selection", dict, "", "an object")
-    if selection is not None:
+    if selection is not None and record.get("kind") == "seed-group":  # harness/groups.py: a choice per seed
+        epochs, taus = selection.get("epoch"), selection.get("tau")
+        if not (isinstance(epochs, list) and epochs and all(isinstance(e, int) and not isinstance(e, bool)
+                                                            for e in epochs)):
+            out.append(f"selection.epoch is {epochs!r:.40}, expected the epoch of each seed")
+        if not (isinstance(taus, list) and all(t is None or isinstance(t, list) and all(_is_number(x) for x in t)
+                                               for t in taus)):
+            out.append(f"selection.tau is {taus!r:.40}, expected the thresholds (or null) of each seed")
+        seeds = record.get("seeds")
+        if not (isinstance(seeds, list) and all(isinstance(m, dict) and isinstance(m.get("metrics"), dict)
+                                                for m in seeds)):
+            out.append("seeds is not a list of each seed's {seed, run_id, metrics}")
+    elif selection is not None:
         need(selection, "epoch", int, "selection.", "an integer")
         tau = selection.get("tau")
         if not (tau is None or isinstance(tau, list) and all(_is_number(t) for t in tau)):
@@ -276,7 +288,7 @@ def leaderboard_rows(records: list[dict]) -> list[list]:
             r["protocol"]["name"],
             r["dataset"]["name"],
             ((r.get("config") or {}).get("classifier") or {}).get("backbone", "-"),
-            r["selection"]["epoch"],
+            _fmt_epochs(r["selection"]["epoch"]),
             _fmt_taus(r["selection"]["tau"]),
             _fmt(test.get("corloc")),
             _fmt(test.get("cls_accuracy")),
@@ -307,9 +319,15 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _fmt_epochs(epoch) -> str:
+    return ", ".join(map(str, epoch)) if isinstance(epoch, list) else str(epoch)
+
+
 def _fmt_taus(taus) -> str:
     if taus is None:
         return "Otsu"
+    if isinstance(taus, list) and taus and all(t is None or isinstance(t, list) for t in taus):
+        return "per-seed"  # a seed group's record: each seed's choice
     if isinstance(taus, list):
         return f"{taus[0]:.3f}" if len(set(taus)) == 1 else "per-class"
     return f"{taus:.3f}"

@@ -65,3 +65,24 @@ def triton_interpreter():
     mp.setenv("TRITON_INTERPRET", "1")
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def seed_group(tmp_path_factory, _harness_home):
+    """A seed group trained once for the session (``harness run --seeds 0,1,2``: CAM, gt-val, tiny
+    synth-yto). Read-only: a test that writes into it works on a copy (:func:`copy_group`)."""
+    from harness.cli import main
+
+    root = tmp_path_factory.mktemp("seed-group")
+    assert main(["run", "--plugin", "cam", "--seeds", "0,1,2", "--run-root", str(root), "--no-progress",
+                 "--cfg-options", *(f"{k}={v}" for k, v in TINY_YTO.items())]) == 0
+    [group_dir] = (root / "groups").iterdir()
+    return group_dir
+
+
+def copy_group(group_dir, folder):
+    """A copy of a seed group to write into: its runs' paths are relative to the group."""
+    import shutil
+    from pathlib import Path
+
+    return Path(shutil.copytree(group_dir, Path(folder) / group_dir.name))

@@ -36,9 +36,9 @@ def match(runs: list[str]) -> str:
 
 
 def table(table_id: str, runs: list[str] = (), fmt: str = "md", protocol: str | None = None,
-          bold: str = "paper") -> tuple[str, list[str]]:
+          bold: str = "paper", uncertainty: str = "none") -> tuple[str, list[str]]:
     """The rendered table and the runs and records left out (with why)."""
-    out = render.build(get(table_id), runs, protocol, bold)
+    out = render.build(get(table_id), runs, protocol, bold, uncertainty)
     return render.render(out, fmt), out.skipped + out.damaged
 
 
