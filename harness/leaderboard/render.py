@@ -5,6 +5,11 @@ Published cells are shown as printed; run cells with the table's decimals. Bold 
 rows on the table's real dataset (a synthetic stand-in row is never ranked), or none;
 reference rows (baselines, bounds, aggregates of other rows) are never bold. Every
 difference of protocol, dataset or backbone between the rows is said in a footnote.
+
+``UNCERTAINTY`` adds to a run cell its spread: ``std``, the sample standard deviation over a
+seed group's seeds (``46.0 ± 1.2``); ``ci``, the bootstrap interval of test CorLoc
+(``46.0 [44.8, 47.1]``). Values, and so bold marks, are unchanged; CSV keeps the values and
+adds the spread as columns of its own.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import io
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import stdev
 
 from tabulate import tabulate
 
@@ -23,6 +29,7 @@ from harness.leaderboard.tables import PAPERS, THRESHOLDS, Table
 
 FORMATS = ("md", "latex", "csv", "html")
 BOLD = ("paper", "max", "none")
+UNCERTAINTY = ("none", "std", "ci")
 
 
 @dataclass
@@ -36,6 +43,7 @@ class Row:
     protocol: str = ""
     source: str = ""
     paper_bold: tuple[int, ...] = ()  # the columns the paper printed in bold
+    spread: list[tuple[float, ...] | None] = field(default_factory=list)  # per cell: (std,), (low, high) or None
 
 
 @dataclass
@@ -52,11 +60,15 @@ class Rendered:
         return [c.header for c in self.table.columns]
 
 
-def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None, bold: str = "paper") -> Rendered:
-    """``runs``: run directories or run roots; ``protocol``: use each run's re-evaluation
-    under that preset instead of its own result; ``bold``: one of :data:`BOLD`."""
+def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None, bold: str = "paper",
+          uncertainty: str = "none") -> Rendered:
+    """``runs``: run directories or run roots (a seed group's directory is a run); ``protocol``:
+    use each run's re-evaluation under that preset instead of its own result; ``bold``: one of
+    :data:`BOLD`; ``uncertainty``: one of :data:`UNCERTAINTY`."""
     if bold not in BOLD:
         raise HarnessError(f"--bold {bold!r}: use one of {', '.join(BOLD)}")
+    if uncertainty not in UNCERTAINTY:
+        raise HarnessError(f"--uncertainty {uncertainty!r}: use one of {', '.join(UNCERTAINTY)}")
     source = f"{PAPERS()[table.paper]['short']} {table.table}"
     rows = [Row([c.text for c in r], [c.value for c in r], "published", protocol=table.protocol, source=source,
                 ranked=table.row_key(r) not in table.unranked_rows,
@@ -65,8 +77,8 @@ def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None
     out = Rendered(table, rows)
     run_rows: list[tuple[Row, RunRecord]] = []
     for run_dir in run_dirs(runs):
-        made = _select_rows(table, run_dir, out.damaged) if _select_col(table) is not None else \
-            _plain_row(table, load_record(Path(run_dir), protocol, out.damaged))
+        made = _select_rows(table, run_dir, out.damaged, uncertainty) if _select_col(table) is not None else \
+            _plain_row(table, load_record(Path(run_dir), protocol, out.damaged), uncertainty)
         if not made:
             rec = load_record(Path(run_dir))
             out.skipped.append(f"{run_dir}: {rec.dataset} run has no cell of {table.id} "
@@ -76,18 +88,20 @@ def build(table: Table, runs: list[str | Path] = (), protocol: str | None = None
     out.rows += [row for row, _ in run_rows]
     out.bold = {"paper": _paper_marks, "max": _best, "none": lambda _: set()}[bold](out)
     out.footnotes = _footnotes(table, [r for _, r in run_rows], bold, bool(_paper_marks(out)))
+    if run_rows and uncertainty != "none":
+        out.footnotes.append(_uncertainty_note(table, run_rows, uncertainty))
     return out
 
 
-def _plain_row(table: Table, run: RunRecord) -> list[tuple[Row, RunRecord]]:
+def _plain_row(table: Table, run: RunRecord, uncertainty: str) -> list[tuple[Row, RunRecord]]:
     target = target_dataset(table, run)
     values = [cell_value(c, run, target) for c in table.columns] if target else []
     if all(v is None for v in values):
         return []
-    return [(_run_row(table, run, values), run)]
+    return [(_run_row(table, run, values, uncertainty), run)]
 
 
-def _select_rows(table: Table, run_dir: Path, damaged: list[str]) -> list[tuple[Row, RunRecord]]:
+def _select_rows(table: Table, run_dir: Path, damaged: list[str], uncertainty: str) -> list[tuple[Row, RunRecord]]:
     """Select-coded tables: one row per setting code the run was evaluated under, each cell
     from the record of that code (or of the column's own threshold source) and the
     column's supervision."""
@@ -99,32 +113,71 @@ def _select_rows(table: Table, run_dir: Path, damaged: list[str]) -> list[tuple[
     records = all_records(Path(run_dir), damaged)
     made = []
     for code in codes:
-        values, used = [], []
+        values, sources = [], []
         for j, c in enumerate(table.columns):
-            if (code, j) not in printed:
-                values.append(None)
-                continue
             want = code if c.threshold is None else code.split("-")[0] + "-" + THRESHOLDS[c.threshold]
             found = [(v, r) for r in records if r.code.removeprefix("CL-") == want
-                     for v in [cell_value(c, r, target_dataset(table, r))] if v is not None]
-            values.append(found[0][0] if found else None)
-            used += [found[0][1]] if found else []
+                     for v in [cell_value(c, r, target_dataset(table, r))] if v is not None] \
+                if (code, j) in printed else []
+            value, source = found[0] if found else (None, None)
+            values.append(value)
+            sources.append(source)
+        used = [r for r in sources if r is not None]
         if used:
-            row = _run_row(table, used[0], values)
+            row = _run_row(table, used[0], values, uncertainty, sources)
             row.cells[sel] = code
             row.protocol = code + " (" + ", ".join(sorted({f"{r.code} {r.supervision}" for r in used})) + ")"
             made.append((row, used[0]))
     return made
 
 
-def _run_row(table: Table, run: RunRecord, values: list[float | None]) -> Row:
+def _run_row(table: Table, run: RunRecord, values: list[float | None], uncertainty: str = "none",
+             sources: list[RunRecord | None] | None = None) -> Row:
+    """``sources``: the record of each cell where a row mixes records (select-coded tables); a
+    derived cell of such a row gets no uncertainty, its operands having come from several."""
     values = _derived(table, values)
+    if sources is None:
+        sources, derive = [run] * len(values), True
+    else:
+        sources, derive = [None if j in _means(table) else r for j, r in enumerate(sources)], False
+    if uncertainty == "std":
+        spread = [None if s is None else (s,) for s in _seed_std(table, sources, derive)]
+    elif uncertainty == "ci":
+        spread = [(r.interval["low"], r.interval["high"]) if r and r.interval and c.metric == "corloc" else None
+                  for c, r in zip(table.columns, sources)]
+    else:
+        spread = [None] * len(values)
+    spread = [None if v is None else s for v, s in zip(values, spread)]
     cells = []
-    for c, v in zip(table.columns, values):
+    for c, v, s in zip(table.columns, values, spread):
         decimals = c.decimals if c.decimals is not None else table.decimals
-        cells.append("" if v is None else f"{v:.{decimals}f}")
+        text = "" if v is None else f"{v:.{decimals}f}"
+        if s is not None:
+            text += f" ± {s[0]:.{decimals}f}" if len(s) == 1 else f" [{s[0]:.{decimals}f}, {s[1]:.{decimals}f}]"
+        cells.append(text)
     return Row(cells, values, "run", run.synth, protocol=f"{run.protocol} ({run.code})",
-               source=f"{run.run_dir} ({run.source})")
+               source=f"{run.run_dir} ({run.source})", spread=spread)
+
+
+def _seed_std(table: Table, sources: list[RunRecord | None], derive: bool) -> list[float | None]:
+    """Each cell's sample std over the seeds of its seed group, the cell read from each seed's own
+    metrics as it was from their mean (a class, an IoU, a mean of IoUs, IoU x100 alike); with
+    ``derive``, a derived cell's from each seed's own derived value. None for a single run."""
+    seeds = min((len(r.seeds) for r in sources if r is not None), default=0)
+    if seeds < 2:
+        return [None] * len(sources)
+    per_seed = []
+    for k in range(seeds):
+        values = [cell_value(c, r.seeds[k], target_dataset(table, r)) if r is not None else None
+                  for c, r in zip(table.columns, sources)]
+        per_seed.append(_derived(table, values) if derive else values)
+    return [None if None in col else stdev(col) for col in zip(*per_seed)]
+
+
+def _means(table: Table) -> dict[int, list[int]]:
+    """The columns the table defines as a mean of others: {result column: operand columns}."""
+    return {table.col(spec["result"]): [table.col(c) for c in spec["columns"]]
+            for spec in table.checks if spec.get("rule") == "mean" and "result" in spec}
 
 
 def _derived(table: Table, values: list[float | None]) -> list[float | None]:
@@ -132,20 +185,19 @@ def _derived(table: Table, values: list[float | None]) -> list[float | None]:
     classes) holds the run's mean of those cells when it has them all, else stays empty: a
     one-backbone run has no mean over three backbones."""
     values = list(values)
-    for spec in table.checks:
-        if spec.get("rule") == "mean" and "result" in spec:
-            operands = [values[table.col(c)] for c in spec["columns"]]
-            values[table.col(spec["result"])] = None if None in operands else sum(operands) / len(operands)
+    for result, columns in _means(table).items():
+        operands = [values[j] for j in columns]
+        values[result] = None if None in operands else sum(operands) / len(operands)
     return values
 
 
 def _label_runs(table: Table, run_rows: list[tuple[Row, RunRecord]]) -> None:
     """Label column: plugin (backbone, dataset, protocol: the row carries what it was evaluated
     under; in select-coded tables the Select column says it); the run id where labels would
-    repeat; [synth] for a stand-in dataset."""
+    repeat; [synth] for a stand-in dataset; how many seeds a seed group's row is over."""
     coded = _select_col(table) is not None
-    base = [f"{r.plugin} ({r.backbone}, {r.dataset}" + ("" if coded else f", {r.protocol}") + ")"
-            for _, r in run_rows]
+    base = [f"{r.plugin} ({r.backbone}, {r.dataset}" + ("" if coded else f", {r.protocol}")
+            + (f", {len(r.seeds)} seeds" if r.seeds else "") + ")" for _, r in run_rows]
     for (row, run), label in zip(run_rows, base):
         text = label
         if base.count(label) > 1 and sum(1 for _, r in run_rows if r.run_dir == run.run_dir) < base.count(label):
@@ -183,7 +235,9 @@ def _footnotes(table: Table, runs: list[RunRecord], bold: str, paper_marks: bool
         if others:
             notes.append("Mixed protocols: the run rows were evaluated under " + ", ".join(others)
                          + f", the published rows under `{table.protocol}`; compare with care, or pass "
-                         f"`--protocol {table.protocol}` (after `harness eval --run DIR --protocol all`).")
+                         f"`--protocol {table.protocol}` (after `harness eval --run DIR --protocol all`"
+                         + (", or `harness eval --group DIR` for a seed group" if any(r.seeds for r in runs) else "")
+                         + ").")
     synth = sorted({r.dataset for r in runs if r.synth})
     if synth:
         notes.append("[synth]: " + ", ".join(f"{d} stands in for {'/'.join(STAND_INS[d])}" for d in synth)
@@ -194,6 +248,36 @@ def _footnotes(table: Table, runs: list[RunRecord], bold: str, paper_marks: bool
         if other:
             notes.append(f"Backbone: the published rows use {table.backbone}; the runs use {', '.join(other)}.")
     return notes
+
+
+def _uncertainty_note(table: Table, run_rows: list[tuple[Row, RunRecord]], uncertainty: str) -> str:
+    """What the run cells' spread is, over what; or why no cell has one, so that a table that
+    looks unchanged is not taken for one with nothing to show."""
+    runs = [r for _, r in run_rows]
+    if uncertainty == "std":
+        groups = {r.run_dir: r for r in runs if r.seeds}
+        if not groups:
+            return ("Run rows: `--uncertainty std` shows the spread over the seeds of a seed group, but no run row "
+                    "is one (`harness run --seeds 0,1,2` makes one): each value is shown alone.")
+        members = "; ".join(f"{r.run_id}: {len(r.seeds)} seeds ("
+                            + ", ".join(str(m.get("seed", "?")) for m in r.record["seeds"]) + ")"
+                            for r in groups.values())
+        return ("Run rows: mean ± sample standard deviation over the seeds of each seed group (`harness run "
+                f"--seeds`): {members}; a single run's row shows its value alone. Published rows as printed "
+                "(the papers give no spread).")
+    if not any(s is not None for row, _ in run_rows for s in row.spread):
+        why = "the table has no CorLoc column (the class mean), the one metric with an interval" \
+            if not any(c.metric == "corloc" for c in table.columns) else \
+            "no run row records one (runs made before the harness recorded intervals)"
+        return f"Run rows: `--uncertainty ci` shows the bootstrap interval of test CorLoc, but {why}: each value " \
+               "is shown alone."
+    kinds = sorted({(ci.get("level", 0.95), ci.get("resampled", "videos"), ci.get("n_boot", "?"))
+                    for r in runs for ci in [r.interval] if ci}, key=str)
+    group = "; a seed group's interval is of its mean over seeds" if any(r.seeds and r.interval for r in runs) else ""
+    return ("Run rows: [low, high] is the " + ") or the ".join(
+        f"{100 * level:g}% bootstrap interval of test CorLoc over the test frames, resampling whole {resampled} "
+        f"({n_boot} resamples" for level, resampled, n_boot in kinds) + f"{group}); other columns have none. "
+        "Published rows as printed.")
 
 
 def _names(row_keys: list[str]) -> str:
@@ -315,13 +399,22 @@ def to_latex(out: Rendered) -> str:
 
 
 def to_csv(out: Rendered) -> str:
+    """Run cells as numbers; a spread (``--uncertainty``) in columns of its own at the end, for
+    each column that has one: ``<header> std``, or ``<header> low`` and ``<header> high``."""
+    def number(v):
+        return "" if v is None else repr(round(v, 6))
+
+    spread = {j: len(s) for r in out.rows for j, s in enumerate(r.spread) if s is not None}
+    names = {1: ("std",), 2: ("low", "high")}
+    extra = [f"{out.headers[j]} {name}" for j in sorted(spread) for name in names[spread[j]]]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["kind", "protocol", "source", *out.headers])
+    w.writerow(["kind", "protocol", "source", *out.headers, *extra])
     for r in out.rows:
-        cells = [c if r.kind == "published" or v is None else repr(round(v, 6))
-                 for c, v in zip(r.cells, r.values)]
-        w.writerow([r.kind + (" (synth)" if r.synth else ""), r.protocol, r.source, *cells])
+        cells = [c if r.kind == "published" else number(v) for c, v in zip(r.cells, r.values)]
+        more = [number(r.spread[j][k] if r.spread and r.spread[j] else None)
+                for j in sorted(spread) for k in range(spread[j])]
+        w.writerow([r.kind + (" (synth)" if r.synth else ""), r.protocol, r.source, *cells, *more])
     return buf.getvalue()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from statistics import mean
 
@@ -79,6 +80,25 @@ class RunRecord:
     def synth(self) -> bool:
         return self.dataset in STAND_INS
 
+    @cached_property
+    def seeds(self) -> list[RunRecord]:
+        """A seed group's members as records of their own (``harness run --seeds``): the group's
+        record with each seed's metrics in place of the mean, so :func:`cell_value` reads a seed's
+        cell as it reads the group's; empty for a single run."""
+        members = self.record.get("seeds") if self.record.get("kind") == "seed-group" else None
+        if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("metrics"), dict)
+                                                    for m in members):
+            return []
+        return [RunRecord(self.run_dir, {**self.record, "metrics": m["metrics"]}, self.source) for m in members]
+
+    @property
+    def interval(self) -> dict | None:
+        """The bootstrap interval of test CorLoc (``low``, ``high``, ``level``, ``n_boot``,
+        ``resampled``), None where the record has none (runs made before intervals were recorded)."""
+        ci = ((self.record.get("uncertainty") or {}).get("test") or {}).get("corloc")
+        ok = isinstance(ci, dict) and all(_number(ci.get(k)) is not None for k in ("low", "high"))
+        return ci if ok else None
+
     def stands_for(self, dataset: str | None) -> bool:
         return dataset is not None and (dataset == self.dataset or dataset in STAND_INS.get(self.dataset, ()))
 
@@ -127,8 +147,9 @@ def load_record(run_dir: Path, protocol: str | None = None, skipped: list[str] |
             return _reevaluation(run_dir, path, rec, own)
     _pass_on(damaged, skipped)
     unreadable = f" (left out as damaged: {'; '.join(damaged)})" if damaged else ""
+    which = "--group" if own.get("kind") == "seed-group" else "--run"
     raise HarnessError(f"{run_dir} has no evaluation under protocol {protocol!r}{unreadable}: run "
-                       f"`harness eval --run {run_dir} --protocol all` first")
+                       f"`harness eval {which} {run_dir} --protocol all` first")
 
 
 def all_records(run_dir: Path, skipped: list[str] | None = None) -> list[RunRecord]:
