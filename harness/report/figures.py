@@ -8,6 +8,7 @@ report shows that reason in place of the figure.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
@@ -60,10 +61,9 @@ def _palette_png(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def metric_label(run: Run) -> str:
-    if run.protocol.select_metric == "corloc":
-        return f"CorLoc@{run.iou:g} (%)"
-    return "mean IoU (x100)"
+def metric_label(metric: str, iou: float) -> str:
+    """The axis label of a selection metric (``Protocol.select_metric``)."""
+    return f"CorLoc@{iou:g} (%)" if metric == "corloc" else "mean IoU (x100)"
 
 
 # ---------------------------------------------------------------- 1. frames
@@ -112,6 +112,11 @@ def class_mean(curves: np.ndarray) -> np.ndarray:
     return curves[~np.isnan(curves).all(axis=1)].mean(axis=0)
 
 
+def selection_curve(run: Run, acc) -> np.ndarray:
+    """The protocol's selection metric vs tau (``acc.thresholds``), averaged over classes."""
+    return class_mean(metric_curves(acc, run.protocol.select_metric, run.iou))
+
+
 def threshold_curves(run: Run) -> Figure:
     metric = run.protocol.select_metric
     series = []  # (label, accumulator, colour, line style)
@@ -124,13 +129,13 @@ def threshold_curves(run: Run) -> Figure:
         if pseudo is not None:
             series.append((f"{split} vs {target} pseudo-boxes", pseudo, color, "--"))
     if not series:
-        raise HarnessError(_no_evals(run))
+        raise HarnessError(no_evals(run))
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.subplots()
     taus = run.taus
     one_tau = taus is not None and len(set(taus)) == 1
     for label, acc, color, style in series:
-        curve = class_mean(metric_curves(acc, metric, run.iou))
+        curve = selection_curve(run, acc)
         if one_tau:
             t = int(run.tau_indices(acc.thresholds)[0])
             ax.plot(acc.thresholds[t], curve[t], "o", color=color, markersize=5)
@@ -145,7 +150,7 @@ def threshold_curves(run: Run) -> Figure:
         for i, t in enumerate(sorted(set(taus))):
             ax.axvline(t, color=SELECTED, linewidth=1.0, alpha=0.35, label=None if i else "per-class taus")
     ax.set_xlabel("CAM threshold tau")
-    ax.set_ylabel(f"{metric_label(run)}, mean over classes")
+    ax.set_ylabel(f"{metric_label(metric, run.iou)}, mean over classes")
     ax.set_xlim(0, 1)
     ax.set_title(f"epoch {run.epoch}: localization vs threshold", fontsize=10)
     ax.grid(alpha=0.3)
@@ -153,44 +158,66 @@ def threshold_curves(run: Run) -> Figure:
     return fig
 
 
-def _no_evals(run: Run) -> str:
-    return (f"no evaluation record of epoch {run.epoch} (evals/val-epoch{run.epoch:03d}.json) under the run's "
-            f"evaluation settings; rebuild them with `harness eval --run {run.dir}`")
+def no_evals(run: Run, split: str = "val", epochs: list[int] | None = None) -> str:
+    """Why a figure lacks the evaluation records of ``epochs`` (default: the selected one)."""
+    epochs = epochs or [run.epoch]
+    files = ", ".join(f"evals/{split}-epoch{e:03d}.json" for e in epochs)
+    return (f"no evaluation record of epoch {', '.join(map(str, epochs))} of {run.dir.name} ({files}) under the "
+            f"run's evaluation settings; rebuild them with `harness eval --run {run.dir}`")
 
 
 # ---------------------------------------------------------------- 3. epoch curves
 
 
-def epoch_curves(run: Run) -> Figure:
-    """Per epoch: the selection score, val CorLoc against GT at its best tau, val
-    classification accuracy; epochs without an evaluation record are skipped."""
-    epochs = run.epochs()
+@dataclass(frozen=True)
+class EpochSeries:
+    """A run's read-outs per epoch (epoch -> %); val ones only at epochs with an evaluation record."""
+    score: dict[int, float]  # the protocol's selection score
+    val_corloc: dict[int, float]  # against GT, at the best tau of the split
+    val_cls: dict[int, float]  # classification accuracy, where the method classifies
+
+
+def epoch_series(run: Run) -> EpochSeries:
     scores = run.selection["epoch_scores"]
-    loc, cls = [], []
-    for e in epochs:
+    loc, cls = {}, {}
+    for e in run.epochs():
         rec = run.eval_record("val", e)
         if rec is None:
             continue
         m = split_metrics(rec, None, run.iou)
-        loc.append((e, m["corloc_oracle"]))
+        loc[e] = m["corloc_oracle"]
         if m["cls_accuracy"] is not None:
-            cls.append((e, m["cls_accuracy"]))
+            cls[e] = m["cls_accuracy"]
+    return EpochSeries({e: scores[str(e)] for e in run.epochs()}, loc, cls)
+
+
+def epoch_curves(run: Run) -> Figure:
+    """Per epoch: the selection score, val CorLoc against GT at its best tau, val
+    classification accuracy; epochs without an evaluation record are skipped."""
+    s = epoch_series(run)
     fig = Figure(figsize=(7.0, 4.4), layout="constrained")
     ax = fig.subplots()
-    ax.plot(epochs, [scores[str(e)] for e in epochs], "o-", color=SELECTED, linewidth=1.6,
+    ax.plot(list(s.score), list(s.score.values()), "o-", color=SELECTED, linewidth=1.6,
             label=f"selection score: {run.selection['epoch_chosen_by']}")
-    if loc:
-        ax.plot(*zip(*loc), "s-", color=VAL, markersize=4, label=f"val CorLoc@{run.iou:g} vs GT, best tau")
-    if cls:
-        ax.plot(*zip(*cls), "^-", color="#2ca02c", markersize=4, label="val classification accuracy")
+    if s.val_corloc:
+        ax.plot(list(s.val_corloc), list(s.val_corloc.values()), "s-", color=VAL, markersize=4,
+                label=f"val CorLoc@{run.iou:g} vs GT, best tau")
+    if s.val_cls:
+        ax.plot(list(s.val_cls), list(s.val_cls.values()), "^-", color="#2ca02c", markersize=4,
+                label="val classification accuracy")
     ax.axvline(run.epoch, color="#d62728", linestyle="--", linewidth=1.0, label=f"selected epoch {run.epoch}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"{run.selection.get('stage', '')} epoch".strip())
-    ax.set_ylabel("%")
-    ax.set_title("validation per epoch", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    epoch_axes(ax, run.selection.get("stage", ""), "validation per epoch")
     return fig
+
+
+def epoch_axes(ax, stage: str, title: str, legend_columns: int = 2) -> None:
+    """Axes of a per-epoch figure (a run's, a seed group's): whole epochs, legend below."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"{stage} epoch".strip())
+    ax.set_ylabel("%")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=legend_columns, frameon=False)
 
 
 # ---------------------------------------------------------------- 4. per-class CorLoc

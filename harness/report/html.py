@@ -3,7 +3,8 @@
 Self-contained: inline CSS, no script, no remote resource, the figures embedded as PNG data
 URIs (also written to ``figures/*.png``, for use elsewhere), so the page alone can be mailed,
 copied or served. The index links each run's report by a relative path. Every piece of text
-from a record is HTML-escaped.
+from a record is HTML-escaped. The public helpers (figures, tables, the page) also build a seed
+group's page (group.py).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Container, Iterable, Sequence
 
 from matplotlib.figure import Figure
 from tqdm import tqdm
@@ -37,7 +38,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.own td { font-weight: bold; }
+tr.own td, tr.mean td { font-weight: bold; }
 figure { margin: 1.2em 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #444; font-size: 0.9em; margin-top: 0.3em; }
@@ -64,9 +65,9 @@ _FIGURES = (
     _Figure(
         "threshold_curves",
         lambda run, *_: figures.threshold_curves(run),
-        lambda run: (f"{figures.metric_label(run)} averaged over classes vs the CAM threshold at epoch {run.epoch}, "
-                     f"on val and test against GT{_pseudo_phrase(run)}. Threshold chosen by "
-                     f"{run.selection['tau_chosen_by']}.")),
+        lambda run: (f"{figures.metric_label(run.protocol.select_metric, run.iou)} averaged over classes vs the CAM "
+                     f"threshold at epoch {run.epoch}, on val and test against GT{_pseudo_phrase(run)}. Threshold "
+                     f"chosen by {run.selection['tau_chosen_by']}.")),
     _Figure(
         "epoch_curves",
         lambda run, *_: figures.epoch_curves(run),
@@ -101,19 +102,27 @@ def write_report(run_dir: str | Path, frames: int = 16, progress: bool = False, 
     :class:`HarnessError` naming it.
     """
     run = load_run(run_dir)
-    fig_dir = run.dir / FIGURES_DIR
-    made: dict[str, str] = {}  # figure name -> why it is missing ("" when written)
-    for spec in tqdm(_FIGURES, desc=f"report {run.dir.name}", leave=False, disable=not progress):
-        path = fig_dir / f"{spec.name}.png"
-        try:
-            figures.save_png(spec.build(run, frames, device, progress), path)
-            made[spec.name] = ""
-        except HarnessError as exc:
-            path.unlink(missing_ok=True)  # a stale figure must not outlive the data it showed
-            made[spec.name] = str(exc)
+    builders = [(spec.name, lambda spec=spec: spec.build(run, frames, device, progress)) for spec in _FIGURES]
+    made = save_figures(run.dir / FIGURES_DIR, builders, f"report {run.dir.name}", progress)
     page = run.dir / REPORT_FILE
     io.write_text(page, _report_page(run, made))
     return page
+
+
+def save_figures(fig_dir: Path, builders: Sequence[tuple[str, Callable[[], Figure]]], desc: str,
+                 progress: bool) -> dict[str, str]:
+    """Build and write ``fig_dir/<name>.png`` of each ``(name, build)``; return name -> why it
+    is missing ("" when written). A builder lacking its inputs raises :class:`HarnessError`."""
+    made = {}
+    for name, build in tqdm(builders, desc=desc, leave=False, disable=not progress):
+        path = fig_dir / f"{name}.png"
+        try:
+            figures.save_png(build(), path)
+            made[name] = ""
+        except HarnessError as exc:
+            path.unlink(missing_ok=True)  # a stale figure must not outlive the data it showed
+            made[name] = str(exc)
+    return made
 
 
 def report_summary(page: str | Path) -> tuple[str, list[str]]:
@@ -137,7 +146,7 @@ def _report_page(run: Run, made: dict[str, str]) -> str:
     body = [f"<h1>{escape(title)}</h1>", f'<p class="sub">{escape(sub)}</p>', _summary_table(run)]
     body.append("<h2>Figures</h2>")
     for spec in _FIGURES:
-        body.append(_figure_html(spec, run, made[spec.name]))
+        body.append(figure_html(run.dir / FIGURES_DIR, spec.name, spec.caption(run), made[spec.name]))
     damaged: list[str] = []
     others = run.other_evaluations(damaged)
     if others or damaged:
@@ -148,7 +157,7 @@ def _report_page(run: Run, made: dict[str, str]) -> str:
         body.append(_protocols_table(others, rec["protocol"]["name"], run.iou, rec["config"]["eval"]))
     body += [f'<p class="missing">Left out: {escape(why)}</p>' for why in damaged]
     footer = f"wsol-harness {__version__}; run created {rec.get('created', '-')}"
-    return _page(f"{title}: WSOL run report", "\n".join(body), footer)
+    return html_page(f"{title}: WSOL run report", "\n".join(body), footer)
 
 
 def _summary_table(run: Run) -> str:
@@ -172,13 +181,12 @@ def _summary_table(run: Run) -> str:
     return f'<table class="summary">\n{cells}\n</table>'
 
 
-def _figure_html(spec: _Figure, run: Run, missing: str) -> str:
+def figure_html(fig_dir: Path, name: str, caption: str, missing: str) -> str:
+    """``fig_dir/<name>.png`` embedded with its caption, or why it is missing."""
     if missing:
-        return f'<p class="missing">Figure <code>{spec.name}</code> left out: {escape(missing)}</p>'
-    png = (run.dir / FIGURES_DIR / f"{spec.name}.png").read_bytes()
-    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="{src}" alt="{escape(spec.name)}">'
-            f"<figcaption>{escape(spec.caption(run))}</figcaption></figure>")
+        return f'<p class="missing">Figure <code>{escape(name)}</code> left out: {escape(missing)}</p>'
+    src = "data:image/png;base64," + base64.b64encode((fig_dir / f"{name}.png").read_bytes()).decode("ascii")
+    return f'<figure><img src="{src}" alt="{escape(name)}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
 def _protocols_table(records: list[dict], own: str, iou: float, run_eval: dict) -> str:
@@ -193,7 +201,7 @@ def _protocols_table(records: list[dict], own: str, iou: float, run_eval: dict) 
                  _pct((test.get("max_box_acc") or {}).get(f"{iou:g}")), _pct(test.get("cls_accuracy")),
                  _eval_changes(r.get("eval") or run_eval, run_eval)]
         rows.append((' class="own"' if p["name"] == own else "", cells))
-    return _table(head, rows, numeric=range(3, 9))
+    return html_table(head, rows, numeric=range(3, 9))
 
 
 def _eval_changes(settings: dict, run_eval: dict) -> str:
@@ -218,10 +226,10 @@ def write_index(out_path: str | Path, run_dirs: Iterable[str | Path], tables: Se
     rows = []
     for run_dir in tqdm(list(run_dirs), desc="index", leave=False, disable=not progress):
         rows.append(("", _index_row(Path(run_dir), out_path.parent, progress, frames)))
-    body = ["<h1>WSOL runs</h1>", _table(head, rows, numeric=range(5, 11), raw_first=True)]
+    body = ["<h1>WSOL runs</h1>", html_table(head, rows, numeric=range(5, 11), raw={0})]
     for title, fragment in tables:
         body += [f"<h2>{escape(title)}</h2>", fragment]
-    io.write_text(out_path, _page("WSOL runs", "\n".join(body), f"wsol-harness {__version__}"))
+    io.write_text(out_path, html_page("WSOL runs", "\n".join(body), f"wsol-harness {__version__}"))
     return out_path
 
 
@@ -271,21 +279,22 @@ def _duration(seconds) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
-def _table(head: list[str], rows: list[tuple[str, list[str]]], numeric: range, raw_first: bool = False) -> str:
-    """``rows``: (tr attributes, cells); cells are text, escaped here, except the first with
-    ``raw_first`` (a link built and escaped by the caller)."""
+def html_table(head: list[str], rows: list[tuple[str, list[str]]], numeric: Container[int],
+               raw: Container[int] = ()) -> str:
+    """``rows``: (tr attributes, cells); cells are text, escaped here, except the columns in
+    ``raw`` (links built and escaped by the caller)."""
     out = ["<table>", "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
     for attrs, cells in rows:
         tds = []
         for i, cell in enumerate(cells):
-            text = cell if (raw_first and i == 0) else escape(cell)
+            text = cell if i in raw else escape(cell)
             tds.append(f'<td class="num">{text}</td>' if i in numeric else f"<td>{text}</td>")
         out.append(f"<tr{attrs}>" + "".join(tds) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 
 
-def _page(title: str, body: str, footer: str) -> str:
+def html_page(title: str, body: str, footer: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>{escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n"

@@ -10,6 +10,7 @@ import numpy as np
 from harness import io
 from harness.errors import HarnessError
 from harness.evaluation import BoxAccumulator
+from harness.groups import KIND as GROUP_KIND
 from harness.leaderboard.runs import evaluations
 from harness.protocol import Protocol
 from harness.results import RESULT_FILE, read_record
@@ -117,6 +118,9 @@ def load_run(run_dir: str | Path) -> Run:
             f"written by `harness run`, or finish this one with `harness run --resume {run_dir}`"
         )
     record = read_record(path)
+    if record.get("kind") == GROUP_KIND:  # its selection is per seed: not one run's to draw
+        raise HarnessError(f"{run_dir} is a seed group (`harness run --seeds`), not a run: its page is written by "
+                           f"`harness report --group {run_dir}`; each seed's run is under {run_dir / 'runs'}")
     missing = [k for k in _ALSO_REQUIRED if k not in record]
     if missing:
         raise HarnessError(f"{path} is not a run result (it lacks {', '.join(missing)}); it is written by "
