@@ -149,13 +149,18 @@ def threshold_curves(run: Run) -> Figure:
     elif taus is not None:  # per-class taus: each marked, none of them on the class-mean curve
         for i, t in enumerate(sorted(set(taus))):
             ax.axvline(t, color=SELECTED, linewidth=1.0, alpha=0.35, label=None if i else "per-class taus")
+    threshold_axes(ax, metric, run.iou, f"epoch {run.epoch}: localization vs threshold")
+    return fig
+
+
+def threshold_axes(ax, metric: str, iou: float, title: str) -> None:
+    """Axes of a threshold-curve figure (a run's, a seed group's)."""
     ax.set_xlabel("CAM threshold tau")
-    ax.set_ylabel(f"{metric_label(metric, run.iou)}, mean over classes")
+    ax.set_ylabel(f"{metric_label(metric, iou)}, mean over classes")
     ax.set_xlim(0, 1)
-    ax.set_title(f"epoch {run.epoch}: localization vs threshold", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return fig
 
 
 def no_evals(run: Run, split: str = "val", epochs: list[int] | None = None) -> str:

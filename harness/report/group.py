@@ -130,12 +130,8 @@ def seed_thresholds(runs: list[Run]) -> Figure:
             marked = True
     otsu = [str(_seed(r)) for r in runs if r.taus is None]
     note = f" (Otsu per map, no tau: seed {', '.join(otsu)})" if otsu else ""
-    ax.set_xlabel("CAM threshold tau")
-    ax.set_ylabel(f"{figures.metric_label(first.protocol.select_metric, first.iou)}, mean over classes")
-    ax.set_xlim(0, 1)
-    ax.set_title(f"localization vs threshold, each seed at its selected epoch{note}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    figures.threshold_axes(ax, first.protocol.select_metric, first.iou,
+                           f"localization vs threshold, each seed at its selected epoch{note}")
     return fig
 
 
