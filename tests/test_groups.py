@@ -3,7 +3,6 @@ the mean, re-evaluation under other protocols, resume, and the trial runners."""
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from pathlib import Path
 
@@ -136,10 +135,8 @@ def test_compare_reads_groups_as_runs(group, capsys):
     assert "CorLoc A - B: +0.00" in out
 
 
-def test_a_group_cut_off_after_its_first_seed_resumes_without_retraining_it(tmp_path, capsys, monkeypatch):
-    from harness import runner
-
-    monkeypatch.setattr(runner, "_write_report", lambda *a: None)  # the seeds' own reports: test_report.py
+@pytest.mark.slow
+def test_a_group_cut_off_after_its_first_seed_resumes_the_rest_through_the_submitit_runner(tmp_path, capsys):
     group_dir = groups.create("cam", "gt-val", "synth-yto", [3, 4], {**TINY_YTO, "run.report": True},
                               run_root=tmp_path, progress=False)
     first, second = groups.member_dirs(group_dir)
@@ -155,27 +152,19 @@ def test_a_group_cut_off_after_its_first_seed_resumes_without_retraining_it(tmp_
     written = (first / results.RESULT_FILE).stat().st_mtime_ns
     assert main(["eval", "--group", str(group_dir), "--protocol", "gt-val", "--no-progress"]) == 2
     assert f"harness run --resume {group_dir}" in capsys.readouterr().err
-    assert main(["run", "--resume", str(group_dir), "--no-progress"]) == 0
+    # the rest of the group as submitit jobs (processes of this machine): only the unfinished seed
+    assert main(["run", "--resume", str(group_dir), "--no-progress", "--runner", "slurm-local", "--time-min",
+                 "10"]) == 0
     assert (first / results.RESULT_FILE).stat().st_mtime_ns == written  # kept, not retrained
+    jobs = list((group_dir / "slurm").glob("*_submitted.pkl"))
+    assert len(jobs) == 1  # one job: the second seed
     record = results.read_record(group_dir / results.RESULT_FILE)
     assert [s["seed"] for s in record["seeds"]] == [3, 4]
+    assert record["metrics"]["test"]["corloc"] == pytest.approx(statistics.mean(
+        m["metrics"]["test"]["corloc"] for m in _member_records(group_dir)))
     assert (second / results.RESULT_FILE).is_file()
     assert (group_dir / "report.html").is_file()  # run.report: the group's page follows its record
     assert "mean ± std" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_a_group_runs_through_the_submitit_runner(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_HOME", os.environ["HARNESS_HOME"])
-    assert main(["run", "--plugin", "cam", "--seeds", "5,6", "--run-root", str(tmp_path), "--no-progress",
-                 "--runner", "slurm-local", "--time-min", "10", *_options(TINY_YTO)]) == 0
-    [group_dir] = (tmp_path / "groups").iterdir()
-    assert (group_dir / "slurm").is_dir()  # the jobs' files: they ran as submitit jobs
-    members = _member_records(group_dir)
-    record = results.read_record(group_dir / results.RESULT_FILE)
-    assert [m["seed"] for m in members] == [5, 6]
-    assert record["metrics"]["test"]["corloc"] == pytest.approx(statistics.mean(
-        m["metrics"]["test"]["corloc"] for m in members))
 
 
 @pytest.mark.parametrize("argv, why", [
