@@ -642,7 +642,7 @@ def cmd_report(args) -> int:
     if args.group:
         from harness.report.group import write_group_report
 
-        page = write_group_report(args.group, progress=progress, frames=args.frames, device=args.device)
+        page = write_group_report(args.group, progress=progress)
         print(f"wrote {page}")
         return 0
     if args.run:

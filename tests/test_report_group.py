@@ -156,3 +156,19 @@ def test_cli_writes_the_group_page(group, tmp_path, capsys):
     assert main(["report", "--group", str(group_dir), "--no-progress"]) == 0
     assert capsys.readouterr().out == f"wrote {group_dir / 'report.html'}\n"
     assert set(_embedded((group_dir / "report.html").read_text())) == set(FIGURES)
+
+
+def test_the_index_links_a_group_page_with_its_mean_and_std(group, tmp_path, capsys):
+    from statistics import mean, stdev
+
+    from harness.cli import main
+
+    group_dir = copy_group(group, tmp_path / "runs")
+    index = tmp_path / "site" / "index.html"
+    assert main(["report", "--index", str(index), "--runs", str(group_dir), "--no-progress"]) == 0
+    html = index.read_text()
+    assert (group_dir / "report.html").is_file()  # written for the link, as a run's report is
+    assert f"../runs/{group_dir.name}/report.html" in _local_refs(html)
+    corloc = [_json(d / "result.json")["metrics"]["test"]["corloc"] for d in groups.member_dirs(group_dir)]
+    assert f"{mean(corloc):.1f} ± {stdev(corloc):.1f}" in html and "(3 seeds)" in html
+    _check_page(index, tmp_path)

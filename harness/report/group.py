@@ -138,14 +138,12 @@ def seed_thresholds(runs: list[Run]) -> Figure:
 # ---------------------------------------------------------------- the page
 
 
-def write_group_report(group_dir: str | Path, progress: bool = True, frames: int = 16,
-                       device: str | None = None) -> Path:
+def write_group_report(group_dir: str | Path, progress: bool = True) -> Path:
     """Write ``<group>/figures/seed_*.png`` and ``<group>/report.html``; return the page's path.
 
     A figure whose inputs are missing (a member's evaluation records) is left out and the page
-    says why. ``frames`` and ``device`` are `harness report`'s and unused: the group's page
-    draws no frames, each member's report does. A directory that is not a finished seed group
-    raises :class:`HarnessError` naming it.
+    says why. The page draws no frames: each member's report does. A directory that is not a
+    finished seed group raises :class:`HarnessError` naming it.
     """
     group_dir = Path(group_dir)
     dirs = groups.member_dirs(group_dir)

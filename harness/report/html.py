@@ -24,6 +24,7 @@ from harness.protocol import Protocol
 from harness.report import figures
 from harness.report.frames import drawn_frames
 from harness.report.rundir import Run, load_run
+from harness.results import RESULT_FILE, read_record
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
@@ -234,6 +235,10 @@ def write_index(out_path: str | Path, run_dirs: Iterable[str | Path], tables: Se
 
 
 def _index_row(run_dir: Path, index_dir: Path, progress: bool, frames: int) -> list[str]:
+    from harness import groups
+
+    if groups.is_group(run_dir) and (run_dir / RESULT_FILE).is_file():
+        return _group_index_row(run_dir, index_dir, progress)
     try:
         run = load_run(run_dir)
     except HarnessError:
@@ -247,6 +252,27 @@ def _index_row(run_dir: Path, index_dir: Path, progress: bool, frames: int) -> l
     return [f'<a href="{escape(href)}">{escape(rec["run_id"])}</a>', rec["plugin"], rec["dataset"]["name"],
             rec["protocol"]["name"], run.protocol.code, str(run.epoch), format_taus(run.taus), iou,
             _pct(test.get("corloc")), _pct((test.get("max_box_acc") or {}).get(iou)), _pct(test.get("cls_accuracy"))]
+
+
+def _group_index_row(group_dir: Path, index_dir: Path, progress: bool) -> list[str]:
+    """A seed group's row: its page linked (written first when missing), the seeds' epochs,
+    test numbers as mean ± std over the seeds."""
+    from harness.groups import fmt_mean_std
+    from harness.report.group import write_group_report
+
+    page = group_dir / REPORT_FILE
+    if not page.is_file():
+        write_group_report(group_dir, progress)
+    rec = read_record(group_dir / RESULT_FILE)
+    iou = f"{rec['config']['eval']['iou_threshold']:g}"
+    test, std = rec["metrics"].get("test", {}), rec["metrics_std"].get("test", {})
+    href = Path(os.path.relpath(page, index_dir)).as_posix()
+    return [f'<a href="{escape(href)}">{escape(rec["run_id"])}</a> ({len(rec["seeds"])} seeds)', rec["plugin"],
+            rec["dataset"]["name"], rec["protocol"]["name"], Protocol.from_config(rec["protocol"]).code,
+            ", ".join(map(str, rec["selection"]["epoch"])), "per seed", iou,
+            fmt_mean_std(test.get("corloc"), std.get("corloc")),
+            fmt_mean_std((test.get("max_box_acc") or {}).get(iou), (std.get("max_box_acc") or {}).get(iou)),
+            fmt_mean_std(test.get("cls_accuracy"), std.get("cls_accuracy"))]
 
 
 # ---------------------------------------------------------------- HTML pieces
