@@ -34,7 +34,8 @@ from tabulate import tabulate
 
 from harness import io, results, runner
 from harness.errors import HarnessError
-from harness.evaluation.uncertainty import bootstrap_ci, mean_std
+from harness.evaluation.uncertainty import mean_std
+from harness.sweep import LocalRunner, new_folder
 
 log = logging.getLogger("harness")
 
@@ -82,7 +83,7 @@ def create(plugin: str, protocol: str, dataset: str, seeds: list[int], overrides
             for s in seeds]
     root = Path(run_root) if run_root is not None else Path(cfgs[0].run.root)
     # named from the composed config: method and protocol names are validated as file names
-    group_dir = _new_folder(root / "groups", f"{runner.method_label(cfgs[0])}-{cfgs[0].protocol.name}")
+    group_dir = new_folder(root / "groups", f"{runner.method_label(cfgs[0])}-{cfgs[0].protocol.name}")
     for cfg in cfgs:
         cfg.run.root = str(group_dir / "runs")
         runner.check_buildable(cfg, progress)
@@ -92,15 +93,6 @@ def create(plugin: str, protocol: str, dataset: str, seeds: list[int], overrides
                                            "seeds": seeds, "overrides": overrides,
                                            "config_files": [str(f) for f in config_files], "members": members})
     return group_dir
-
-
-def _new_folder(parent: Path, label: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for n in range(1, 1000):
-        path = parent / (f"{stamp}-{label}" if n == 1 else f"{stamp}-{n}-{label}")
-        if not path.exists():
-            return path
-    raise HarnessError(f"too many groups named {stamp}-{label} under {parent}")
 
 
 def load_spec(group_dir: str | Path) -> dict:
@@ -128,8 +120,6 @@ def member_dirs(group_dir: str | Path) -> list[Path]:
 
 def execute(group_dir: str | Path, trial_runner=None, progress: bool = True) -> dict:
     """Run (or resume) every member, then write the group record."""
-    from harness.sweep import LocalRunner
-
     group_dir = Path(group_dir)
     dirs = member_dirs(group_dir)
     (trial_runner or LocalRunner()).run(dirs, progress)
@@ -166,6 +156,10 @@ def summarize(group_dir: Path, records: list[dict], outcome_files: list[Path], c
         metrics[split] = {k: _combine([r["metrics"][split][k] for r in records], "mean") for k in keys}
         spread[split] = {k: _combine([r["metrics"][split][k] for r in records], "std") for k in keys}
     outcomes = mean_outcomes(outcome_files)
+    n_boot = int((config.get("eval") or {}).get("bootstrap_samples", 1000))
+    of = f"the mean over {len(records)} seeds"
+    uncertainty = {split: {"corloc": {**ci["corloc"], "of": of}}
+                   for split, ci in runner.intervals(outcomes, n_boot, seed=0).items()}
     config = {**config, "seed": seeds}
     sel = first["selection"]
     record = {
@@ -192,7 +186,7 @@ def summarize(group_dir: Path, records: list[dict], outcome_files: list[Path], c
         "seeds": [{"seed": s, "run_id": r["run_id"], "epoch": r["selection"]["epoch"], "tau": r["selection"]["tau"],
                    "metrics": r["metrics"], "uncertainty": r.get("uncertainty", {})}
                   for s, r in zip(seeds, records)],
-        "uncertainty": _intervals(outcomes, config, len(records)),
+        "uncertainty": uncertainty,
         "pseudo_boxes": first.get("pseudo_boxes", {}),
         "config": config,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -249,17 +243,6 @@ def mean_outcomes(paths: list[Path]) -> dict[str, np.ndarray]:
                                    f"must be evaluated on the same frames")
         out[f"{split}_correct"] = np.mean([o[f"{split}_correct"].astype(np.float64) for o in loaded], axis=0)
         out[f"{split}_label"], out[f"{split}_cluster"] = ref[f"{split}_label"], ref[f"{split}_cluster"]
-    return out
-
-
-def _intervals(outcomes: dict, config: dict, members: int) -> dict:
-    n_boot = int((config.get("eval") or {}).get("bootstrap_samples", 1000))
-    out = {}
-    for split in ("val", "test"):
-        if f"{split}_correct" in outcomes:
-            ci = bootstrap_ci(outcomes[f"{split}_correct"], outcomes[f"{split}_label"],
-                              outcomes[f"{split}_cluster"], n_boot=n_boot, seed=0)
-            out[split] = {"corloc": {**ci.to_dict(), "resampled": "videos", "of": f"the mean over {members} seeds"}}
     return out
 
 

@@ -602,7 +602,7 @@ def _execute(run_dir: Path, cfg, progress: bool, callbacks: list[Callback]) -> d
         "resumed_from": resumed_from,
         "wall_time_s": round(time.time() - started, 2),
         "config": cfg.to_dict(),
-        "uncertainty": intervals(cfg, outcomes),
+        "uncertainty": intervals(outcomes, bootstrap_samples(cfg), int(cfg.seed)),
     }
     if record["train_frames"]["per_shot_per_epoch"]:
         record["train_frames"]["stages_with_own_batches"] = _own_batch_stages(method, dataset, cfg)
@@ -669,18 +669,22 @@ def selected_outcomes(store: EvalStore, selection) -> dict[str, np.ndarray]:
     return out
 
 
-def intervals(cfg, outcomes: dict[str, np.ndarray]) -> dict:
-    """95% bootstrap intervals of CorLoc per split from :func:`selected_outcomes`, resampling
-    whole videos (harness/evaluation/uncertainty.py)."""
+def intervals(outcomes: dict[str, np.ndarray], n_boot: int, seed: int) -> dict:
+    """95% bootstrap intervals of CorLoc per split from :func:`selected_outcomes` (or a seed
+    group's averaged outcomes), resampling whole videos (harness/evaluation/uncertainty.py)."""
     from harness.evaluation.uncertainty import bootstrap_ci
 
     out = {}
     for split in ("val", "test"):
         if f"{split}_correct" in outcomes:
             ci = bootstrap_ci(outcomes[f"{split}_correct"], outcomes[f"{split}_label"], outcomes[f"{split}_cluster"],
-                              n_boot=int(cfg.eval.get("bootstrap_samples", 1000)), seed=int(cfg.seed))
+                              n_boot=n_boot, seed=seed)
             out[split] = {"corloc": {**ci.to_dict(), "resampled": "videos"}}
     return out
+
+
+def bootstrap_samples(cfg) -> int:
+    return int(cfg.eval.get("bootstrap_samples", 1000))
 
 
 OUTCOMES_SUFFIX = ".outcomes.npz"  # beside result.json and each evaluations/<protocol>.json
@@ -1155,7 +1159,7 @@ def reevaluate_many(run_dir: str | Path, protocols: list[str | Protocol | None],
             record["pseudo_boxes"] = {k: v for k, v in record["pseudo_boxes"].items()
                                       if k in {t for _, t in needs(proto)}}
             outcomes = selected_outcomes(store, selection)
-            record["uncertainty"] = intervals(cfg, outcomes)
+            record["uncertainty"] = intervals(outcomes, bootstrap_samples(cfg), int(cfg.seed))
             io.save_npz(folder / f"{proto.name}{OUTCOMES_SUFFIX}", outcomes)
             io.write_json(folder / f"{proto.name}.json", record)
             records.append(record)

@@ -406,13 +406,7 @@ def create(spec: SweepSpec, run_root: str | Path | None = None, progress: bool =
     # Named from the composed config, not from the arguments: --protocol may be a file path
     # (`../../p.json`) and --plugin an alias; method and protocol names are validated as safe
     # file names (harness/names.py), so the folder stays under <root>/sweeps.
-    label = f"{runner.method_label(cfgs[0])}-{cfgs[0].protocol.name}"
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    sweep_dir = root / "sweeps" / f"{stamp}-{label}"
-    for n in range(2, 1000):
-        if not sweep_dir.exists():
-            break
-        sweep_dir = root / "sweeps" / f"{stamp}-{n}-{label}"
+    sweep_dir = new_folder(root / "sweeps", f"{runner.method_label(cfgs[0])}-{cfgs[0].protocol.name}")
     for cfg in cfgs:
         cfg.run.root = str(sweep_dir / "trials")
         runner.check_buildable(cfg, progress)
@@ -422,6 +416,17 @@ def create(spec: SweepSpec, run_root: str | Path | None = None, progress: bool =
               for n, (o, cfg) in enumerate(zip(overrides, cfgs))]
     io.write_json(sweep_dir / TRIALS_FILE, trials)
     return sweep_dir
+
+
+def new_folder(parent: Path, label: str) -> Path:
+    """A name under ``parent`` not taken yet: ``<stamp>-<label>``, with a counter after the time
+    for folders made within the same second (a sweep's, a seed group's); not created here."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = parent / (f"{stamp}-{label}" if n == 1 else f"{stamp}-{n}-{label}")
+        if not path.exists():
+            return path
+    raise HarnessError(f"too many folders named {stamp}-{label} under {parent}")
 
 
 def _pinned_annotator_classifiers(spec: SweepSpec) -> dict:

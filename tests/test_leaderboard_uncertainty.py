@@ -9,12 +9,11 @@ import csv
 import io
 import json
 import re
-import subprocess
 from pathlib import Path
 from statistics import mean, stdev
 
 import pytest
-from test_leaderboards import _bold_cells, _Balance, _fake_run, _tool
+from test_leaderboards import _bold_cells, _Balance, _compile_latex, _fake_run
 
 from harness import groups
 from harness.cli import main
@@ -270,17 +269,7 @@ def test_latex_compiles_and_html_is_wellformed(made, tmp_path):
         assert not p.errors and not p.stack
         assert ("56.0 ± 0.9" if how == "std" else "56.0 [53.1, 58.8]") in page
     assert r"56.0 $\pm$ 0.9" in texts[0] and "56.0 [53.1, 58.8]" in texts[1]
-    pdflatex = _tool("pdflatex")
-    if pdflatex is None:
-        return
-    document = ("\\documentclass{article}\n" + "".join(f"\\usepackage{{{p}}}\n" for p in render.LATEX_PACKAGES)
-                + "\\begin{document}\n" + "\\clearpage\n".join(texts) + "\\end{document}\n")
-    (tmp_path / "t.tex").write_text(document)
-    done = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    log = (tmp_path / "t.log").read_text(errors="replace")
-    errors = [ln for ln in log.splitlines() if ln.startswith("!")]
-    assert done.returncode == 0 and not errors, errors or done.stdout[-2000:]
+    _compile_latex(texts, render.LATEX_PACKAGES, tmp_path)
 
 
 def test_every_table_renders_groups_in_every_format(made):

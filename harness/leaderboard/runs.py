@@ -84,12 +84,12 @@ class RunRecord:
     def seeds(self) -> list[RunRecord]:
         """A seed group's members as records of their own (``harness run --seeds``): the group's
         record with each seed's metrics in place of the mean, so :func:`cell_value` reads a seed's
-        cell as it reads the group's; empty for a single run."""
-        members = self.record.get("seeds") if self.record.get("kind") == "seed-group" else None
-        if not isinstance(members, list) or not all(isinstance(m, dict) and isinstance(m.get("metrics"), dict)
-                                                    for m in members):
+        cell as it reads the group's; empty for a single run. (read_record has checked that a
+        group's ``seeds`` each hold their metrics.)"""
+        if self.record.get("kind") != "seed-group":
             return []
-        return [RunRecord(self.run_dir, {**self.record, "metrics": m["metrics"]}, self.source) for m in members]
+        return [RunRecord(self.run_dir, {**self.record, "metrics": m["metrics"]}, self.source)
+                for m in self.record["seeds"]]
 
     @property
     def interval(self) -> dict | None:
